@@ -1,0 +1,169 @@
+"""`tprop` subcommands: train, eval, data (list | fetch | verify), demo.
+
+`train` flags are generated from the fields of `tprop.config.Config` (one flag per field, its
+help text from the field). ``--config FILE.toml`` fills the same fields; flags given on the
+command line override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from typing import Any
+
+from tprop import __version__
+from tprop.config import Config, ConfigError, build, field_help, field_types, load_toml, resolve
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit 2, not a usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"tprop: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    helps, types = field_help(), field_types()
+    for name, tp in types.items():
+        flag = "--" + name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": helps[name]}
+        args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        literals = [v for a in args for v in (typing.get_args(a)
+                    if getattr(a, "__origin__", None) is typing.Literal else ())]
+        if tp is bool or args == [bool]:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif literals:
+            p.add_argument(flag, choices=literals, metavar="|".join(literals), **kw)
+        else:
+            base = next(a for a in args if a in (int, float, str))
+            p.add_argument(flag, type=base, metavar=base.__name__.upper(), **kw)
+
+
+def config_from_args(ns: argparse.Namespace) -> Config:
+    values: dict[str, Any] = load_toml(ns.config) if getattr(ns, "config", None) else {}
+    values.update({k: v for k, v in vars(ns).items() if k in field_types()})
+    return resolve(build(values))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tprop", description="Blocked target propagation and truncated BPTT for "
+                "recurrent language models (Wiseman et al. 2017).")
+    p.add_argument("--version", action="version", version=f"tprop {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train one run into a run folder",
+                       description="Train one run. Every flag can also be set in a TOML file "
+                       "given with --config; flags override the file.")
+    t.add_argument("--config", help="TOML file with settings (flat keys or tables)")
+    _add_config_flags(t)
+
+    e = sub.add_parser("eval", help="perplexity of a saved run on a split")
+    e.add_argument("--checkpoint", required=True, help="path to a run's checkpoint.pt")
+    e.add_argument("--split", choices=["train", "valid", "test"], default="test",
+                   help="which split to score")
+    e.add_argument("--weights", choices=["best", "last"], default="best",
+                   help="best-validation weights or those of the last epoch")
+    e.add_argument("--data-dir", help="folder holding <dataset>/ files")
+    e.add_argument("--batch-size", type=int, help="evaluation streams (default: the run's)")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+    d = sub.add_parser("data", help="list, fetch or verify datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    dsub.add_parser("list", help="datasets, where their files are, licences")
+    for name, text in [("fetch", "download from the canonical address and verify checksums"),
+                       ("verify", "check the sha256 of the files present")]:
+        q = dsub.add_parser(name, help=text)
+        q.add_argument("name", help="dataset name (see `tprop data list`)")
+        q.add_argument("--data-dir", help="target folder (else $TPROP_DATA_DIR, then the cache)")
+        if name == "fetch":
+            q.add_argument("--url", help="download from this address instead")
+
+    m = sub.add_parser("demo", help="the quick tour: BPTT and ADMM on a slice of the shipped "
+                       "WikiText-2, a few minutes on 2 CPU cores")
+    m.add_argument("--out", default="runs/demo", help="folder for the two run folders")
+    m.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace existing demo runs")
+    m.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    return p
+
+
+DEMO = dict(dataset="wikitext-2", hidden=100, batch_size=32, lr=0.1, epochs=2,
+            train_limit=300_000, eval_limit=50_000)
+
+
+def _demo(ns: argparse.Namespace) -> int:
+    from tprop.train import train
+
+    results = {}
+    for name, extra in [("bptt", dict(method="bptt", bptt=20)),
+                        ("admm", dict(method="admm", block_size=20, h_steps=1, h_lr=0.001))]:
+        cfg = resolve(build({**DEMO, **extra, "out": f"{ns.out}/{name}",
+                             "overwrite": ns.overwrite, "device": ns.device}))
+        results[name] = train(cfg)
+    print("\ndemo: WikiText-2, first 300k training tokens, GRU 100, 2 epochs; valid = first "
+          "50k validation tokens")
+    for name, s in results.items():
+        print(f"  {name:5s} best valid ppl {s['best_valid_ppl']:8.2f}  "
+              f"({s['train_tokens_per_s']:,.0f} train tok/s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tprop.checkpoint import CheckpointError
+    from tprop.data import DataError
+    from tprop.train import RunError
+
+    ns = parser().parse_args(argv)
+    try:
+        if ns.command == "train":
+            from tprop.train import train
+
+            train(config_from_args(ns))
+        elif ns.command == "eval":
+            from tprop.train import evaluate_checkpoint
+
+            if ns.batch_size is not None and ns.batch_size < 1:
+                raise ConfigError(f"--batch-size must be >= 1 (got {ns.batch_size})")
+            r = evaluate_checkpoint(ns.checkpoint, ns.split, ns.weights, ns.data_dir,
+                                    ns.batch_size, ns.device)
+            print(f"{r['split']} ppl {r['ppl']:.2f} | bits/token {r['bits']:.4f} | "
+                  f"{r['tokens']:,} tokens | {r['weights']} weights (epoch {r['epoch']})")
+            print(json.dumps(r))
+        elif ns.command == "data":
+            return _data(ns)
+        elif ns.command == "demo":
+            return _demo(ns)
+    except (ConfigError, DataError, RunError, CheckpointError) as e:
+        print(f"tprop: error: {e}", file=sys.stderr)
+        return 3 if type(e).__name__ == "Diverged" else 2
+    except KeyboardInterrupt:
+        print("tprop: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _data(ns: argparse.Namespace) -> int:
+    from tprop import data
+
+    if ns.data_command == "list":
+        for row in data.describe():
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+    elif ns.data_command == "fetch":
+        path = data.fetch(ns.name, ns.data_dir, url=ns.url)
+        print(f"{ns.name}: files verified in {path}")
+    else:
+        rows = data.verify(ns.name, ns.data_dir)
+        bad = [r for r in rows if not r[2]]
+        for file, digest, ok in rows:
+            print(f"{'ok ' if ok else 'BAD'} {digest} {file}")
+        if bad:
+            print(f"tprop: error: {len(bad)} file(s) of {ns.name} do not match their pinned "
+                  "sha256; run `tprop data fetch` again", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""One typed, frozen config for every run; presets; derived values in one function.
+
+The CLI and TOML files are two ways to fill the same `Config`. Every field carries its help text
+(`_f(default, help)`), which the CLI turns into flags. Fields whose default is ``None`` are
+switches that a preset (or the method) fills in `resolve`; the resolved config is what a run
+saves to ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """A bad setting; ``str(e)`` is one line naming the problem and the fix."""
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+Method = Literal["bptt", "pm", "admm", "alm"]
+BTPROP_METHODS = ("pm", "admm", "alm")
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- data -------------------------------------------------------------------------------
+    dataset: str = _f("wikitext-2", "dataset: ptb | ptb-char | wikitext-2 | wikitext-103 | text8")
+    data_dir: str | None = _f(None, "folder holding <dataset>/ files (else $TPROP_DATA_DIR, cache)")
+    text8_split: Literal["99m-1m", "90m-5m-5m"] = _f("99m-1m", "text8 split protocol")
+    train_limit: int = _f(0, "use only the first N training tokens (0 = all; for demos/smoke)")
+    eval_limit: int = _f(0, "use only the first N valid/test tokens (0 = all; for demos/smoke)")
+    # --- model ------------------------------------------------------------------------------
+    cell: Literal["gru", "lstm", "rnn"] = _f("gru", "recurrent cell (rnn = tanh Elman)")
+    hidden: int = _f(100, "hidden size d")
+    layers: int = _f(1, "number of recurrent layers")
+    emb: int = _f(0, "embedding size (0 = hidden, as in the paper)")
+    # --- method -----------------------------------------------------------------------------
+    method: Method = _f("bptt", "bptt | pm (penalty) | admm | alm (augmented Lagrangian)")
+    bptt: int = _f(20, "K: truncated-BPTT window in tokens (method bptt)")
+    block_size: int = _f(20, "B: block size in tokens (methods pm/admm/alm)")
+    batch_size: int = _f(32, "bptt: streams per window; pm/admm/alm: blocks per minibatch (S)")
+    full_batch: bool = _f(False, "one θ update per pass over the training set (batch mode)")
+    # --- θ optimiser ------------------------------------------------------------------------
+    optim: Literal["adagrad", "sgd"] = _f("adagrad", "θ optimiser (sgd halves lr on a plateau)")
+    lr: float = _f(0.1, "θ learning rate")
+    clip: float = _f(0.5, "global L2-norm clip of the θ gradient (0 = off)")
+    adagrad_eps: float | None = _f(None, "Adagrad ε for θ (default: bptt 1e-10, preset for TP)")
+    lr_shrink: float = _f(2.0, "sgd: divide lr by this when validation does not improve")
+    # --- schedule ---------------------------------------------------------------------------
+    epochs: int = _f(10, "maximum number of epochs")
+    patience: int = _f(3, "stop after this many epochs without validation improvement")
+    max_ppl: float = _f(0.0, "stop when validation perplexity exceeds this (0 = off)")
+    seed: int = _f(1111, "random seed (initialisation)")
+    eval_batch_size: int = _f(10, "evaluation streams (state carried from zero)")
+    eval_bptt: int = _f(200, "tokens per evaluation step (does not change the result)")
+    # --- target propagation (pm/admm/alm) ---------------------------------------------------
+    preset: Literal["paper", "tprnn"] = _f("tprnn", "set of switches below: paper | tprnn (code)")
+    lam: float = _f(1.0, "λ: penalty weight (paper Eq. 7)")
+    u_lr: float | None = _f(None, "α_u: dual ascent step (admm/alm; default 0.1)")
+    u_start_epoch: int | None = _f(None, "first epoch (1-based) with dual steps (preset)")
+    h_steps: int = _f(1, "H-steps on Z per minibatch (alm: joint Z/θ steps); 0 allowed")
+    h_lr: float = _f(0.001, "H-step learning rate")
+    h_optim: Literal["adagrad", "sgd"] | None = _f(None, "H optimiser, fresh per minibatch")
+    h_eps: float | None = _f(None, "Adagrad ε of the H optimiser (preset)")
+    theta_steps: int = _f(1, "θ-steps per minibatch (pm/admm)")
+    layout: Literal["adjacent", "streams"] | None = _f(
+        None, "minibatch: S adjacent blocks of one stretch | one block from each of S streams")
+    z_init: Literal["chained", "zero_start", "zero"] | None = _f(
+        None, "Z init: chained forward | blocks run from zero (z_S = 0) | all zero")
+    z_first: Literal["free", "fixed"] = _f("free", "first start state of a minibatch: free | fixed")
+    z_last: Literal["target", "none"] = _f(
+        "target", "constraint after the last block of a minibatch: target | none")
+    persist_u: bool | None = _f(None, "keep U per block across minibatches/epochs (preset)")
+    persist_z: bool | None = _f(None, "keep Z per block across epochs instead of re-init (preset)")
+    dual_placement: Literal["before_h", "before_theta", "after_theta"] | None = _f(
+        None, "when the dual step runs (preset)")
+    loss_scale: Literal["sum", "mean"] | None = _f(
+        None, "sum: Eq. 7 sums | mean: NLL/(B·S) + λ/(2S)·penalty (preset)")
+    chunk_tokens: int = _f(16384, "tokens per forward chunk (bounds memory in batch mode)")
+    # --- run --------------------------------------------------------------------------------
+    out: str | None = _f(None, "run folder (required for train)")
+    overwrite: bool = _f(False, "replace an existing run folder")
+    resume: bool = _f(False, "continue the run in --out from its checkpoint")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    dtype: Literal["float32", "float64"] = _f("float32", "parameter and state dtype")
+    deterministic: bool = _f(False, "use deterministic algorithms")
+    tf32: bool = _f(False, "allow TF32 matmuls on GPU (off for reproduction)")
+    progress: bool = _f(True, "show a progress bar")
+
+    @property
+    def is_btprop(self) -> bool:
+        return self.method in BTPROP_METHODS
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# A preset is a set of values for the switches; every difference is a named field.
+# See DESIGN.md "Two presets" and docs/design.md for what each switch means.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        layout="streams", z_init="chained", persist_u=True, persist_z=False,
+        dual_placement="after_theta", loss_scale="sum", h_optim="adagrad",
+        u_start_epoch=1, adagrad_eps=1e-10, h_eps=1e-10,
+    ),
+    "tprnn": dict(
+        layout="adjacent", z_init="zero_start", persist_u=False, persist_z=False,
+        dual_placement="before_theta", loss_scale="mean", h_optim="adagrad",
+        u_start_epoch=3, adagrad_eps=1e-5, h_eps=1e-5,
+    ),
+}
+
+# Switches that only mean something for the target-propagation methods.
+_BTPROP_ONLY = (
+    "block_size", "lam", "u_lr", "u_start_epoch", "h_steps", "h_lr", "h_optim", "h_eps",
+    "theta_steps", "layout", "z_init", "z_first", "z_last", "persist_u", "persist_z",
+    "dual_placement", "loss_scale",
+)
+_DUAL_ONLY = ("u_lr", "u_start_epoch", "dual_placement", "persist_u")
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in fields(Config)}
+
+
+def field_types() -> dict[str, Any]:
+    return get_type_hints(Config)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config; tables are flattened (``[model] hidden = 100`` → ``hidden``)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check the --config path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for k, v in items:
+            flat[k.replace("-", "_")] = v
+    return flat
+
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    """Coerce/validate one TOML value against the field type (CLI values are parsed by type)."""
+    options = get_args(tp) if getattr(tp, "__origin__", None) is not None or get_args(tp) else ()
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{name} may not be empty")
+    literal = [a for a in _flatten_literals(tp)]
+    if literal:
+        if value not in literal:
+            raise ConfigError(f"{name} = {value!r} is not one of {', '.join(map(str, literal))}")
+        return value
+    base = [a for a in (options or (tp,)) if a is not type(None)]
+    for b in base:
+        if b is bool and isinstance(value, bool):
+            return value
+        if b is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if b is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if b is str and isinstance(value, str):
+            return value
+    raise ConfigError(f"{name} = {value!r} has the wrong type; expected {tp}")
+
+
+def _flatten_literals(tp: Any) -> list[Any]:
+    if getattr(tp, "__origin__", None) is Literal:
+        return list(get_args(tp))
+    out: list[Any] = []
+    for a in get_args(tp):
+        if getattr(a, "__origin__", None) is Literal:
+            out += list(get_args(a))
+    return out
+
+
+def build(values: dict[str, Any]) -> Config:
+    """Make a Config from TOML/CLI values (unknown keys and wrong types are errors)."""
+    types = field_types()
+    clean = {}
+    for k, v in values.items():
+        if k not in types:
+            raise ConfigError(f"unknown setting '{k}'; see `tprop train --help` for the list")
+        clean[k] = _check_type(k, v, types[k])
+    return Config(**clean)
+
+
+def resolve(cfg: Config) -> Config:
+    """Validate a config and fill every preset/method-dependent switch (the one place for it)."""
+    _validate(cfg)
+    if not cfg.is_btprop:
+        set_tp = [n for n in ("preset", *_BTPROP_ONLY) if getattr(cfg, n) != _default(n)]
+        if set_tp:
+            raise ConfigError(
+                f"--{set_tp[0].replace('_', '-')} applies to pm/admm/alm, not --method bptt; "
+                "drop it or choose a target-propagation method")
+        eps = 1e-10 if cfg.adagrad_eps is None else cfg.adagrad_eps
+        return dataclasses.replace(cfg, adagrad_eps=eps)
+
+    if cfg.method == "pm":
+        given = [n for n in _DUAL_ONLY if getattr(cfg, n) is not None]
+        if given:
+            raise ConfigError(
+                f"--{given[0].replace('_', '-')} sets duals, but pm has none; use --method admm")
+    if cfg.method == "alm" and cfg.h_steps < 1:
+        raise ConfigError("alm takes --h-steps joint (Z, θ) steps, so it needs --h-steps >= 1")
+    if cfg.method == "alm" and cfg.theta_steps != 1:
+        raise ConfigError("alm steps θ jointly with Z (--h-steps times); drop --theta-steps")
+
+    fill = dict(PRESETS[cfg.preset])
+    if cfg.full_batch and cfg.preset == "paper":
+        fill["persist_z"] = True  # batch mode: Z is dataset-sized and kept across epochs
+    if cfg.preset == "tprnn" and cfg.z_init not in (None, "zero_start"):
+        fill["dual_placement"] = "before_h"  # the code's placement without -mb_init
+    if cfg.method == "pm":
+        fill["u_lr"], fill["dual_placement"], fill["persist_u"] = 0.0, "after_theta", False
+    else:
+        fill["u_lr"] = 0.1
+    updates = {k: v for k, v in fill.items() if getattr(cfg, k) is None}
+    out = dataclasses.replace(cfg, **updates)
+    if out.persist_z and out.z_init == "zero_start" and not out.full_batch:
+        raise ConfigError("--persist-z keeps Z across epochs, which --z-init zero_start "
+                          "contradicts (it re-zeroes z_S); use --z-init chained")
+    return out
+
+
+def _default(name: str) -> Any:
+    for f in fields(Config):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)
+
+
+def _validate(cfg: Config) -> None:
+    positive = ["hidden", "layers", "bptt", "block_size", "batch_size", "epochs",
+                "eval_batch_size", "eval_bptt", "chunk_tokens"]
+    for name in positive:
+        v = getattr(cfg, name)
+        if v < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
+    absurd = {"hidden": 1 << 16, "layers": 64, "bptt": 1 << 20, "block_size": 1 << 20,
+              "batch_size": 1 << 24, "epochs": 1 << 20}
+    for name, hi in absurd.items():
+        if getattr(cfg, name) > hi:
+            raise ConfigError(f"--{name.replace('_', '-')} = {getattr(cfg, name)} is absurdly "
+                              f"large (limit {hi})")
+    for name in ["emb", "train_limit", "eval_limit", "patience", "h_steps", "max_ppl"]:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(cfg, name)})")
+    if cfg.theta_steps < 1:
+        raise ConfigError(f"--theta-steps must be >= 1 (got {cfg.theta_steps})")
+    for name in ["lr", "h_lr"]:
+        v = getattr(cfg, name)
+        if not (v > 0 and math.isfinite(v)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number (got {v})")
+    for name in ["lam", "clip", "u_lr", "adagrad_eps", "h_eps"]:
+        v = getattr(cfg, name)
+        if v is not None and not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {v})")
+    if cfg.lr_shrink < 1:
+        raise ConfigError(f"--lr-shrink must be >= 1 (got {cfg.lr_shrink})")
+    if cfg.u_start_epoch is not None and cfg.u_start_epoch < 1:
+        raise ConfigError(f"--u-start-epoch is 1-based and must be >= 1 (got {cfg.u_start_epoch})")
+    if cfg.overwrite and cfg.resume:
+        raise ConfigError("--overwrite and --resume contradict each other; choose one")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise ConfigError(f"--device {cfg.device!r} is not auto, cpu, cuda or cuda:N")
