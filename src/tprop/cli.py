@@ -29,7 +29,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     for name, tp in types.items():
         flag = "--" + name.replace("_", "-")
         kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": helps[name]}
-        args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        args = [tp] if typing.get_origin(tp) is typing.Literal else (
+            [a for a in typing.get_args(tp) if a is not type(None)] or [tp])
         literals = [v for a in args for v in (typing.get_args(a)
                     if getattr(a, "__origin__", None) is typing.Literal else ())]
         if tp is bool or args == [bool]:
@@ -71,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="list, fetch or verify datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    dsub.add_parser("list", help="datasets, where their files are, licences")
+    q = dsub.add_parser("list", help="datasets, where their files are, licences")
+    q.add_argument("--data-dir", help="folder holding <dataset>/ files")
     for name, text in [("fetch", "download from the canonical address and verify checksums"),
                        ("verify", "check the sha256 of the files present")]:
         q = dsub.add_parser(name, help=text)
@@ -148,16 +150,17 @@ def _data(ns: argparse.Namespace) -> int:
     from tprop import data
 
     if ns.data_command == "list":
-        for row in data.describe():
+        for row in data.describe(ns.data_dir):
             print("  ".join(f"{k}={v}" for k, v in row.items()))
     elif ns.data_command == "fetch":
         path = data.fetch(ns.name, ns.data_dir, url=ns.url)
         print(f"{ns.name}: files verified in {path}")
     else:
         rows = data.verify(ns.name, ns.data_dir)
-        bad = [r for r in rows if not r[2]]
+        bad = [r for r in rows if r[2] is False]
         for file, digest, ok in rows:
-            print(f"{'ok ' if ok else 'BAD'} {digest} {file}")
+            mark = {True: "ok ", False: "BAD", None: "no pinned checksum:"}[ok]
+            print(f"{mark} {digest} {file}")
         if bad:
             print(f"tprop: error: {len(bad)} file(s) of {ns.name} do not match their pinned "
                   "sha256; run `tprop data fetch` again", file=sys.stderr)
