@@ -117,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     from tprop.data import DataError
     from tprop.train import RunError
 
-    ns = parser().parse_args(argv)
+    try:
+        ns = parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a bad flag (already reported in one line)
+        return int(e.code or 0)
     try:
         if ns.command == "train":
             from tprop.train import train

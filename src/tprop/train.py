@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -167,8 +166,8 @@ def build_method(cfg: Config, model: RNNLM, opt: torch.optim.Optimizer, train_id
 
 
 # ---- run folder --------------------------------------------------------------------------
-def prepare_run_folder(cfg: Config) -> Path:
-    """Check the run folder before anything is written (no half-written or clobbered runs)."""
+def check_run_folder(cfg: Config) -> Path:
+    """Check the run folder; nothing is written (no half-written or clobbered runs)."""
     if not cfg.out:
         raise ConfigError("--out is required: the run folder to write")
     out = Path(cfg.out)
@@ -182,12 +181,15 @@ def prepare_run_folder(cfg: Config) -> Path:
     if occupied and not cfg.overwrite:
         raise RunError(f"run folder {out} is not empty; pass --overwrite to replace it "
                        "or --resume to continue it")
-    if occupied:
+    return out
+
+
+def open_run_folder(out: Path, cfg: Config) -> None:
+    """Create (or, with --overwrite, empty) the run folder, once every check has passed."""
+    if cfg.overwrite and out.is_dir():
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _check_resumable(saved: dict[str, Any], cfg: Config, vocab: int) -> None:
@@ -212,7 +214,7 @@ def limited(corpus: "Corpus", cfg: Config) -> tuple[Tensor, Tensor, Tensor | Non
 def train(cfg: Config) -> dict[str, Any]:
     """Train one run into cfg.out; return its summary (also written to summary.json)."""
     t_start = time.time()
-    out = prepare_run_folder(cfg)
+    out = check_run_folder(cfg)
     device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -232,6 +234,7 @@ def train(cfg: Config) -> dict[str, Any]:
     saved = checkpoint.load(out / "checkpoint.pt", map_location=device) if cfg.resume else None
     if saved is not None:
         _check_resumable(saved, cfg, vocab)
+    open_run_folder(out, cfg)
     (out / "config.json").write_text(json.dumps(
         {**cfg.to_dict(), "vocab_size": vocab, "data_source": corpus.source}, indent=2) + "\n")
     sink = MetricsSink(out / "metrics.jsonl")
