@@ -121,14 +121,14 @@ def test_appendix_T3_error_is_first_order():
             _, e = model.states(xs, z[j])
             g = torch.autograd.grad(e, params, grad_outputs=vec, allow_unused=True)
             acc += torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                              for gi, p in zip(g, params)])
+                              for gi, p in zip(g, params, strict=False)])
 
     errs, errs_cross = [], []
     for eta in (1e-1, 1e-2, 1e-3, 1e-4):
         g_pen = pen_grad_from_step(model, ids, h0, eta, 1.0, rows=n, B=B, z_first="free")
         errs.append(((g_pen - eta * ref_full).norm() / (eta * ref_full).norm()).item())
         errs_cross.append(((g_pen - eta * ref_cross).norm() / (eta * ref_cross).norm()).item())
-    ratios = [a / b for a, b in zip(errs, errs[1:])]
+    ratios = [a / b for a, b in zip(errs, errs[1:], strict=False)]
     assert all(7 < r < 13 for r in ratios), (errs, ratios)
     assert errs_cross[-1] > 0.5 * errs_cross[0] > 1e-3, errs_cross  # does not vanish
 

@@ -115,7 +115,7 @@ def one_line_error(capsys, argv, needle):
     (["--method", "admm", "--preset", "nope"], "invalid choice"),
     (["--method", "bptt", "--preset", "paper"], "applies to pm/admm/alm"),
     (["--method", "bptt", "--block-size", "5"], "applies to pm/admm/alm"),
-    (["--method", "pm", "--u-lr", "0.1"], "pm has none"),
+    (["--method", "pm", "--u-lr", "0.1"], "pm has no duals"),
     (["--method", "alm", "--h-steps", "0"], "alm"),
     (["--overwrite", "--resume"], "contradict"),
 ])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -17,24 +19,47 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used; ``str(e)`` is one line."""
 
 
-def save(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash or a full disk leaves either the old file or the new one, never a torn one.
+    """
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path}: {e.strerror or e}; free space (or fix "
+                              "the folder) and continue with --resume; the previous file is "
+                              "intact") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+
+
+def save(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """torch.save `state` atomically (serialised in memory first, so a failing disk surfaces
+    as a plain OSError from one write rather than from inside torch's zip writer)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    _atomic_write(Path(path), lambda fh: fh.write(buf.getbuffer()))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (config.json, summary.json) atomically."""
+    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

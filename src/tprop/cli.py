@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from tprop import __version__
@@ -43,8 +44,20 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace) -> Config:
-    values: dict[str, Any] = load_toml(ns.config) if getattr(ns, "config", None) else {}
-    values.update({k: v for k, v in vars(ns).items() if k in field_types()})
+    """Resumed run's config.json (with --resume), then the TOML file, then the flags given."""
+    flags = {k: v for k, v in vars(ns).items() if k in field_types()}
+    values: dict[str, Any] = {}
+    saved = Path(flags.get("out") or "") / "config.json"
+    if flags.get("resume") and saved.is_file():
+        try:
+            values = json.loads(saved.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--resume: cannot read {saved} ({e}); pass the run's flags "
+                              "explicitly") from None
+        values = {k: v for k, v in values.items() if k in field_types()}
+    if getattr(ns, "config", None):
+        values.update(load_toml(ns.config))
+    values.update(flags)
     return resolve(build(values))
 
 
@@ -115,7 +128,7 @@ def _demo(ns: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from tprop.checkpoint import CheckpointError
     from tprop.data import DataError
-    from tprop.train import RunError
+    from tprop.train import Diverged, Interrupted, RunError
 
     try:
         ns = parser().parse_args(argv)
@@ -140,9 +153,19 @@ def main(argv: list[str] | None = None) -> int:
             return _data(ns)
         elif ns.command == "demo":
             return _demo(ns)
+    except Interrupted as e:
+        print(f"tprop: stopped: {e}", file=sys.stderr)
+        return e.code
+    except Diverged as e:
+        print(f"tprop: error: {e}", file=sys.stderr)
+        return 3
     except (ConfigError, DataError, RunError, CheckpointError) as e:
         print(f"tprop: error: {e}", file=sys.stderr)
-        return 3 if type(e).__name__ == "Diverged" else 2
+        return 2
+    except OSError as e:  # e.g. a full disk while writing metrics
+        where = f" {e.filename}" if e.filename else ""
+        print(f"tprop: error: cannot write or read{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tprop: interrupted", file=sys.stderr)
         return 130

@@ -92,7 +92,10 @@ class Config:
     # --- run --------------------------------------------------------------------------------
     out: str | None = _f(None, "run folder (required for train)")
     overwrite: bool = _f(False, "replace an existing run folder")
-    resume: bool = _f(False, "continue the run in --out from its checkpoint")
+    resume: bool = _f(False, "continue the run in --out from its checkpoint (its config.json "
+                             "is the base; flags given now override it)")
+    checkpoint_every: float = _f(10.0, "also checkpoint every N minutes within an epoch (0 = "
+                                       "only at epoch ends)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     dtype: Literal["float32", "float64"] = _f("float32", "parameter and state dtype")
     deterministic: bool = _f(False, "use deterministic algorithms")
@@ -128,7 +131,6 @@ _BTPROP_ONLY = (
     "theta_steps", "layout", "z_init", "z_first", "z_last", "persist_u", "persist_z",
     "dual_placement", "loss_scale",
 )
-_DUAL_ONLY = ("u_lr", "u_start_epoch", "dual_placement", "persist_u")
 
 
 def field_help() -> dict[str, str]:
@@ -216,11 +218,8 @@ def resolve(cfg: Config) -> Config:
         eps = 1e-10 if cfg.adagrad_eps is None else cfg.adagrad_eps
         return dataclasses.replace(cfg, adagrad_eps=eps)
 
-    if cfg.method == "pm":
-        given = [n for n in _DUAL_ONLY if getattr(cfg, n) is not None]
-        if given:
-            raise ConfigError(
-                f"--{given[0].replace('_', '-')} sets duals, but pm has none; use --method admm")
+    if cfg.method == "pm" and cfg.u_lr:
+        raise ConfigError("--u-lr sets the dual step, but pm has no duals; use --method admm")
     if cfg.method == "alm" and cfg.h_steps < 1:
         raise ConfigError("alm takes --h-steps joint (Z, θ) steps, so it needs --h-steps >= 1")
     if cfg.method == "alm" and cfg.theta_steps != 1:
@@ -263,7 +262,8 @@ def _validate(cfg: Config) -> None:
         if getattr(cfg, name) > hi:
             raise ConfigError(f"--{name.replace('_', '-')} = {getattr(cfg, name)} is absurdly "
                               f"large (limit {hi})")
-    for name in ["emb", "train_limit", "eval_limit", "patience", "h_steps", "max_ppl"]:
+    for name in ["emb", "train_limit", "eval_limit", "patience", "h_steps", "max_ppl",
+                 "checkpoint_every"]:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(cfg, name)})")
     if cfg.theta_steps < 1:

@@ -8,11 +8,16 @@ and a metrics line; at the end it evaluates the test split with the best weights
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import random
+import signal
 import subprocess
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,11 +143,15 @@ class TruncatedBPTT:
         self.state = last.detach()
         return {"nll": nll.detach(), "tokens": torch.tensor(y.numel())}
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"state": self.state}
+    def state_dict(self) -> dict[str, Any]:
+        # Full-batch mode accumulates the epoch's gradient across steps: part of the state.
+        grads = [p.grad for p in self.model.parameters()] if self.full_batch else []
+        return {"state": self.state, "grads": grads}
 
-    def load_state_dict(self, sd: dict[str, Tensor]) -> None:
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.state = sd["state"].to(self.state)
+        for p, g in zip(self.model.parameters(), sd["grads"], strict=False):
+            p.grad = None if g is None else g.to(p)
 
 
 def build_method(cfg: Config, model: RNNLM, opt: torch.optim.Optimizer, train_ids: Tensor):
@@ -190,6 +199,9 @@ def open_run_folder(out: Path, cfg: Config) -> None:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:  # temporary files of a writer that was killed mid-write
+        for stale in out.glob(f"{name}.*.tmp"):
+            stale.unlink()
 
 
 def _check_resumable(saved: dict[str, Any], cfg: Config, vocab: int) -> None:
@@ -203,11 +215,73 @@ def _check_resumable(saved: dict[str, Any], cfg: Config, vocab: int) -> None:
                        f"{saved['vocab_size']}; use the same dataset files")
 
 
-def limited(corpus: "Corpus", cfg: Config) -> tuple[Tensor, Tensor, Tensor | None]:
+def limited(corpus: Corpus, cfg: Config) -> tuple[Tensor, Tensor, Tensor | None]:
     def cut(t: Tensor | None, n: int) -> Tensor | None:
         return t if (t is None or n == 0) else t[:n]
     return (cut(corpus.train, cfg.train_limit), cut(corpus.valid, cfg.eval_limit),
             cut(corpus.test, cfg.eval_limit))
+
+
+# ---- run state --------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """Where a run stands. Saved in every checkpoint, so --resume continues exactly."""
+
+    epoch: int = 1                       # the epoch in progress (1-based)
+    step: int = 0                        # the next step of that epoch (data position)
+    sums: dict[str, Tensor] = field(default_factory=dict)  # this epoch's accumulators
+    epoch_tokens: int = 0
+    epoch_s: float = 0.0
+    best_ppl: float = math.inf
+    best_epoch: int = 0
+    history: list[float] = field(default_factory=list)
+    train_s: float = 0.0
+    train_tokens: int = 0
+    stop_reason: str | None = None
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    random.setstate(st["python"])
+    torch.set_rng_state(st["torch"])
+    kind, keys, pos, has_gauss, gauss = st["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if st["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+class Interrupted(RunError):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set a flag: the loop finishes its step, checkpoints and exits 130/143."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))  # a second one is fatal
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 # ---- the loop ----------------------------------------------------------------------------
@@ -230,124 +304,163 @@ def train(cfg: Config) -> dict[str, Any]:
     model = build_model(cfg, vocab, device)
     opt = make_optimizer(cfg, model)
     method = build_method(cfg, model, opt, train_ids)
+    prog = Progress()
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    metrics_path = out / "metrics.jsonl"
 
     saved = checkpoint.load(out / "checkpoint.pt", map_location=device) if cfg.resume else None
     if saved is not None:
         _check_resumable(saved, cfg, vocab)
-    open_run_folder(out, cfg)
-    (out / "config.json").write_text(json.dumps(
-        {**cfg.to_dict(), "vocab_size": vocab, "data_source": corpus.source}, indent=2) + "\n")
-    sink = MetricsSink(out / "metrics.jsonl")
-    sink.line(f"tprop {cfg.method} on {cfg.dataset} ({len(train_ids):,} train tokens, "
-              f"vocab {vocab:,}) {cfg.cell} {cfg.hidden} on {device} → {out}")
-
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_ppl, best_epoch, history, start_epoch, train_time, train_tokens = math.inf, 0, [], 1, 0.0, 0
-    if saved is not None:
         model.load_state_dict(saved["model"])
         best_state = saved["best_model"]
         opt.load_state_dict(saved["optimizer"])
         method.load_state_dict(saved["method"])
-        torch.set_rng_state(saved["rng_torch"])
-        best_ppl, best_epoch = saved["best_valid_ppl"], saved["best_epoch"]
-        history, start_epoch = list(saved["history"]), saved["epoch"] + 1
-        train_time, train_tokens = saved["train_time_s"], saved["train_tokens"]
-        sink.line(f"resuming after epoch {saved['epoch']} (best valid ppl {best_ppl:.2f})")
+        set_rng_state(saved["rng"])
+        prog = Progress(**saved["progress"])
+    open_run_folder(out, cfg)
+    checkpoint.write_text(out / "config.json", json.dumps(
+        {**cfg.to_dict(), "vocab_size": vocab, "data_source": corpus.source}, indent=2) + "\n")
+    if saved is not None and metrics_path.exists():
+        # Drop what was logged after the checkpoint; those steps are about to be redone.
+        os.truncate(metrics_path, min(saved["metrics_bytes"], metrics_path.stat().st_size))
+    sink = MetricsSink(metrics_path)
+    sink.line(f"tprop {cfg.method} on {cfg.dataset} ({len(train_ids):,} train tokens, "
+              f"vocab {vocab:,}) {cfg.cell} {cfg.hidden} on {device} → {out}")
+    if saved is not None:
+        sink.line(f"resuming at epoch {prog.epoch}, step {prog.step}")
+        sink.log("resume", epoch=prog.epoch, step=prog.step)
 
-    stop_reason = "max_epochs"
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        method.start_epoch()
-        steps = method.steps()
-        t0 = time.time()
-        sums: dict[str, Tensor] = {}
-        tokens = 0
-        with progress(_epoch_tokens(method, cfg), f"epoch {epoch}", cfg.progress) as bar:
-            for i, st in enumerate(steps):
-                stats = method.step(*st, epoch=epoch)
-                n_tok = int(stats.pop("tokens"))
-                tokens += n_tok
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0) + v.detach().double()
-                bar.update(n_tok)
-                if i % 50 == 49:
-                    bar.set_postfix(loss=f"{sums['nll'].item() / tokens:.3f}", refresh=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.time() - t0
-        train_time += dt
-        train_tokens += tokens
-        train_nll = sums["nll"].item() / tokens
-        v_nll, v_n = evaluate(model, valid_ids, cfg.eval_batch_size, cfg.eval_bptt)
-        valid_ppl = perplexity(v_nll, v_n) if math.isfinite(v_nll) else math.inf
-        history.append(valid_ppl)
-        improved = valid_ppl < best_ppl
-        if improved:
-            best_ppl, best_epoch = valid_ppl, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        record = {"epoch": epoch, "train/nll": train_nll, "train/ppl": _safe_exp(train_nll),
-                  "train/tokens_per_s": tokens / dt, "train/epoch_s": dt,
-                  "valid/ppl": valid_ppl, "valid/bits": bits_per_token(v_nll, v_n),
-                  "valid/tokens": v_n, "valid/best_ppl": best_ppl,
-                  "optim/lr": opt.param_groups[0]["lr"]}
-        n_steps = len(steps)
-        for k, v in sums.items():
-            if k != "nll":
-                record[f"tp/{k}"] = v.item() / n_steps
-        sink.log("epoch", **record)
-        sink.line(f"epoch {epoch:3d} | train ppl {_safe_exp(train_nll):9.2f} | valid ppl "
-                  f"{valid_ppl:9.2f} | {tokens / dt:9,.0f} tok/s | {dt:6.1f} s"
-                  + (" *" if improved else ""))
+    def save() -> None:
+        checkpoint.save({
+            "tprop_version": __version__, "config": cfg.to_dict(), "vocab_size": vocab,
+            "model": model.state_dict(), "best_model": best_state,
+            "optimizer": opt.state_dict(), "method": method.state_dict(), "rng": rng_state(),
+            "progress": dataclasses.asdict(prog),
+            "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
+        }, out / "checkpoint.pt")
 
-        if not math.isfinite(train_nll) or not math.isfinite(valid_ppl):
-            stop_reason = "diverged: loss is NaN or infinite"
-        elif cfg.max_ppl and valid_ppl > cfg.max_ppl:
-            stop_reason = f"diverged: valid ppl {valid_ppl:.1f} > --max-ppl {cfg.max_ppl}"
-        elif cfg.optim == "sgd" and not improved:
-            for g in opt.param_groups:
-                g["lr"] /= cfg.lr_shrink
-        if not stop_reason.startswith("diverged"):
-            checkpoint.save({
-                "tprop_version": __version__, "config": cfg.to_dict(), "vocab_size": vocab,
-                "model": model.state_dict(), "best_model": best_state,
-                "optimizer": opt.state_dict(), "method": method.state_dict(),
-                "rng_torch": torch.get_rng_state(), "epoch": epoch,
-                "best_valid_ppl": best_ppl, "best_epoch": best_epoch, "history": history,
-                "train_time_s": train_time, "train_tokens": train_tokens,
-            }, out / "checkpoint.pt")
-        if stop_reason.startswith("diverged"):
-            break
-        if cfg.patience and epoch - best_epoch >= cfg.patience:
-            stop_reason = f"early stop: no improvement for {cfg.patience} epochs"
-            break
+    def diverged(where: str) -> bool:
+        if math.isfinite(prog.sums["nll"].item()):
+            return False
+        prog.stop_reason = f"diverged: training loss is NaN or infinite ({where})"
+        return True
 
+    every_s = cfg.checkpoint_every * 60
+    last_save = time.time()
+    with StopSignals() as stop:
+        while prog.stop_reason is None and prog.epoch <= cfg.epochs:
+            steps = method.steps()
+            if prog.step == 0:
+                method.start_epoch()
+                prog.sums, prog.epoch_tokens, prog.epoch_s = {}, 0, 0.0
+            t0 = time.time()
+            bar = progress(_epoch_tokens(method, cfg), f"epoch {prog.epoch}", cfg.progress)
+            bar.update(prog.epoch_tokens)
+            with bar:
+                for i in range(prog.step, len(steps)):
+                    stats = method.step(*steps[i], epoch=prog.epoch)
+                    n_tok = int(stats.pop("tokens"))
+                    for k, v in stats.items():
+                        prog.sums[k] = prog.sums.get(k, 0) + v.detach().double()
+                    prog.step, prog.epoch_tokens = i + 1, prog.epoch_tokens + n_tok
+                    bar.update(n_tok)
+                    due = every_s > 0 and time.time() - last_save >= every_s
+                    if i % 50 == 49 or due or stop.signum:
+                        if diverged(f"epoch {prog.epoch}, step {i + 1}"):
+                            break
+                        bar.set_postfix(loss=f"{prog.sums['nll'].item() / prog.epoch_tokens:.3f}",
+                                        refresh=False)
+                    if (due or stop.signum) and prog.step < len(steps):
+                        now = time.time()
+                        prog.epoch_s, t0 = prog.epoch_s + now - t0, now
+                        save()
+                        last_save = time.time()
+                    if stop.signum and prog.step < len(steps):
+                        raise _interrupted(stop.signum, prog, out)
+            if prog.stop_reason is not None:
+                break
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            prog.epoch_s += time.time() - t0
+            best_state = _end_epoch(cfg, model, opt, prog, best_state, valid_ids, sink)
+            if not (prog.stop_reason or "").startswith("diverged"):
+                save()
+                last_save = time.time()
+            if stop.signum and prog.stop_reason is None and prog.epoch <= cfg.epochs:
+                raise _interrupted(stop.signum, prog, out)
+
+    epochs_done = len(prog.history)
     summary: dict[str, Any] = {
-        "best_valid_ppl": best_ppl, "best_epoch": best_epoch,
-        "final_valid_ppl": history[-1] if history else None, "epochs": epoch,
-        "valid_ppl_history": history, "stop_reason": stop_reason,
-        "train_tokens_per_s": train_tokens / train_time if train_time else None,
-        "train_s": train_time, "device": _device_name(device),
+        "best_valid_ppl": prog.best_ppl, "best_epoch": prog.best_epoch,
+        "final_valid_ppl": prog.history[-1] if prog.history else None, "epochs": epochs_done,
+        "valid_ppl_history": prog.history, "stop_reason": prog.stop_reason or "max_epochs",
+        "train_tokens_per_s": prog.train_tokens / prog.train_s if prog.train_s else None,
+        "train_s": prog.train_s, "device": _device_name(device),
         "tprop_version": __version__, "git_commit": git_commit(),
         "torch_version": torch.__version__, "threads": torch.get_num_threads(),
     }
-    if test_ids is not None and best_epoch > 0:
+    if test_ids is not None and prog.best_epoch > 0:
         model.load_state_dict(best_state)
         t_nll, t_n = evaluate(model, test_ids, cfg.eval_batch_size, cfg.eval_bptt)
         summary.update(test_ppl=perplexity(t_nll, t_n), test_bits=bits_per_token(t_nll, t_n))
-        sink.line(f"test ppl {summary['test_ppl']:.2f} (best epoch {best_epoch}, "
-                  f"valid ppl {best_ppl:.2f})")
+        sink.line(f"test ppl {summary['test_ppl']:.2f} (best epoch {prog.best_epoch}, "
+                  f"valid ppl {prog.best_ppl:.2f})")
     else:
         summary["test_ppl"] = None
     summary["wall_s"] = time.time() - t_start
     sink.log("summary", **summary)
-    (out / "summary.json").write_text(json.dumps(
+    checkpoint.write_text(out / "summary.json", json.dumps(
         {k: v if not (isinstance(v, float) and not math.isfinite(v)) else str(v)
          for k, v in summary.items()}, indent=2) + "\n")
-    if stop_reason.startswith("diverged"):
-        raise Diverged(f"run stopped, {stop_reason} at epoch {epoch}; the last good checkpoint "
-                       f"and summary.json are in {out}")
+    if summary["stop_reason"].startswith("diverged"):
+        raise Diverged(f"run stopped, {summary['stop_reason']}; the last good checkpoint and "
+                       f"summary.json are in {out}")
     return summary
+
+
+def _interrupted(signum: int, prog: Progress, out: Path) -> Interrupted:
+    name = signal.Signals(signum).name
+    return Interrupted(f"{name}: checkpoint saved at epoch {prog.epoch}, step {prog.step}; "
+                       f"continue with `tprop train --out {out} --resume`", 128 + signum)
+
+
+def _end_epoch(cfg: Config, model: RNNLM, opt: torch.optim.Optimizer, prog: Progress,
+               best_state: dict[str, Tensor], valid_ids: Tensor, sink: MetricsSink):
+    """Validate, log, keep the best weights, adjust lr, decide whether to stop."""
+    epoch, sums, tokens, dt = prog.epoch, prog.sums, prog.epoch_tokens, prog.epoch_s
+    prog.train_s += dt
+    prog.train_tokens += tokens
+    train_nll = sums["nll"].item() / tokens
+    v_nll, v_n = evaluate(model, valid_ids, cfg.eval_batch_size, cfg.eval_bptt)
+    valid_ppl = perplexity(v_nll, v_n) if math.isfinite(v_nll) else math.inf
+    prog.history.append(valid_ppl)
+    improved = valid_ppl < prog.best_ppl
+    if improved:
+        prog.best_ppl, prog.best_epoch = valid_ppl, epoch
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    record = {"epoch": epoch, "train/nll": train_nll, "train/ppl": _safe_exp(train_nll),
+              "train/tokens_per_s": tokens / dt, "train/epoch_s": dt,
+              "valid/ppl": valid_ppl, "valid/bits": bits_per_token(v_nll, v_n),
+              "valid/tokens": v_n, "valid/best_ppl": prog.best_ppl,
+              "optim/lr": opt.param_groups[0]["lr"]}
+    for k, v in sums.items():
+        if k != "nll":
+            record[f"tp/{k}"] = v.item() / prog.step
+    sink.log("epoch", **record)
+    sink.line(f"epoch {epoch:3d} | train ppl {_safe_exp(train_nll):9.2f} | valid ppl "
+              f"{valid_ppl:9.2f} | {tokens / dt:9,.0f} tok/s | {dt:6.1f} s"
+              + (" *" if improved else ""))
+    prog.epoch, prog.step = epoch + 1, 0
+    if not math.isfinite(train_nll) or not math.isfinite(valid_ppl):
+        prog.stop_reason = f"diverged: loss is NaN or infinite at epoch {epoch}"
+    elif cfg.max_ppl and valid_ppl > cfg.max_ppl:
+        prog.stop_reason = f"diverged: valid ppl {valid_ppl:.1f} > --max-ppl {cfg.max_ppl:g}"
+    elif cfg.patience and epoch - prog.best_epoch >= cfg.patience:
+        prog.stop_reason = f"early stop: no improvement for {cfg.patience} epochs"
+    if cfg.optim == "sgd" and not improved:
+        for g in opt.param_groups:
+            g["lr"] /= cfg.lr_shrink
+    return best_state
 
 
 def _epoch_tokens(method, cfg: Config) -> int:
@@ -387,5 +500,7 @@ def evaluate_checkpoint(path: str, split: str, weights: str, data_dir: str | Non
     model.load_state_dict(saved["best_model" if weights == "best" else "model"])
     bs = batch_size or cfg.eval_batch_size
     nll, n = evaluate(model, ids.to(device), bs, cfg.eval_bptt)
+    progress_ = saved["progress"]
     return {"split": split, "weights": weights, "ppl": perplexity(nll, n),
-            "bits": bits_per_token(nll, n), "tokens": n, "epoch": saved["epoch"]}
+            "bits": bits_per_token(nll, n), "tokens": n,
+            "epoch": progress_["best_epoch"] if weights == "best" else len(progress_["history"])}
