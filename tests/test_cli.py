@@ -166,3 +166,13 @@ def test_console_script_exits_cleanly_without_traceback(tmp_path):
                           env=env, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_demo_runs_both_methods_on_the_shipped_data(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--train-limit", "3000",
+                 "--eval-limit", "1000", "--epochs", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "bptt  best valid ppl" in out and "admm  best valid ppl" in out
+    for name in ("bptt", "admm"):
+        cfg = json.loads((tmp_path / "demo" / name / "config.json").read_text())
+        assert cfg["dataset"] == "wikitext-2" and cfg["vocab_size"] == 33278

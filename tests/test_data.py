@@ -541,3 +541,15 @@ def test_fetch_text8_zip(tmp_path: Path, server: tuple[Path, str]) -> None:
     c = data.read_text8(folder / "text8", (12, 7), min_count=1)
     assert c.vocab.itos == ["one", "two", data.UNK]
     assert c.train.tolist() == [0, 1, 0] and c.valid.tolist() == [1, 0]
+
+
+def test_cli_fetch_reports_a_checksum_mismatch_in_one_line(
+    tmp_path: Path, simple_examples: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tprop.cli import main
+
+    root = tmp_path / "root"
+    code = main(["data", "fetch", "ptb", "--data-dir", str(root), "--url", simple_examples])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "checksum mismatch" in err, err
+    assert leftovers(root / "ptb") == []

@@ -101,11 +101,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace existing demo runs")
     m.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    m.add_argument("--train-limit", type=int, default=DEMO["train_limit"],
+                   help="training tokens of WikiText-2 to use")
+    m.add_argument("--eval-limit", type=int, default=DEMO["eval_limit"],
+                   help="validation/test tokens to use")
+    m.add_argument("--epochs", type=int, default=DEMO["epochs"], help="epochs per method")
     return p
 
 
 DEMO = dict(dataset="wikitext-2", hidden=100, batch_size=32, lr=0.1, epochs=2,
-            train_limit=300_000, eval_limit=50_000)
+            train_limit=100_000, eval_limit=20_000)
 
 
 def _demo(ns: argparse.Namespace) -> int:
@@ -115,10 +120,12 @@ def _demo(ns: argparse.Namespace) -> int:
     for name, extra in [("bptt", dict(method="bptt", bptt=20)),
                         ("admm", dict(method="admm", block_size=20, h_steps=1, h_lr=0.001))]:
         cfg = resolve(build({**DEMO, **extra, "out": f"{ns.out}/{name}",
-                             "overwrite": ns.overwrite, "device": ns.device}))
+                             "overwrite": ns.overwrite, "device": ns.device,
+                             "train_limit": ns.train_limit, "eval_limit": ns.eval_limit,
+                             "epochs": ns.epochs}))
         results[name] = train(cfg)
-    print("\ndemo: WikiText-2, first 300k training tokens, GRU 100, 2 epochs; valid = first "
-          "50k validation tokens")
+    print(f"\ndemo: WikiText-2 (shipped), first {ns.train_limit:,} training tokens, GRU 100, "
+          f"{ns.epochs} epochs; valid = first {ns.eval_limit:,} validation tokens")
     for name, s in results.items():
         print(f"  {name:5s} best valid ppl {s['best_valid_ppl']:8.2f}  "
               f"({s['train_tokens_per_s']:,.0f} train tok/s)")
