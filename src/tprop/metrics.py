@@ -39,6 +39,6 @@ class MetricsSink:
 
 
 def progress(total: int, desc: str, enabled: bool):
-    """A tqdm bar over tokens, with tokens/s and ETA."""
+    """A tqdm bar over tokens, with tokens/s and ETA (only on a terminal: disable=None)."""
     return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, leave=False,
-                disable=not enabled, dynamic_ncols=True, mininterval=1.0)
+                disable=None if enabled else True, dynamic_ncols=True, mininterval=1.0)
