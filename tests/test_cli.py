@@ -151,6 +151,9 @@ def test_unreadable_config_and_checkpoint(tmp_path, capsys):
     bad.write_text("hidden = [")
     one_line_error(capsys, ["train", "--config", str(bad), "--out", str(tmp_path / "r")],
                    "not valid TOML")
+    bad.write_text('hidden = "big"\n')
+    one_line_error(capsys, ["train", "--config", str(bad), "--out", str(tmp_path / "r")],
+                   "wrong type")
     bad.write_text("hiddden = 3\n")
     one_line_error(capsys, ["train", "--config", str(bad), "--out", str(tmp_path / "r")],
                    "unknown setting 'hiddden'")

@@ -13,7 +13,7 @@ import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -161,38 +161,25 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def _check_type(name: str, value: Any, tp: Any) -> Any:
-    """Coerce/validate one TOML value against the field type (CLI values are parsed by type)."""
-    options = get_args(tp) if getattr(tp, "__origin__", None) is not None or get_args(tp) else ()
+    """Validate one TOML value against its field type (CLI values are parsed by argparse)."""
+    options = [tp] if get_origin(tp) is Literal else list(get_args(tp)) or [tp]
     if value is None:
         if type(None) in options:
             return None
         raise ConfigError(f"{name} may not be empty")
-    literal = [a for a in _flatten_literals(tp)]
-    if literal:
-        if value not in literal:
-            raise ConfigError(f"{name} = {value!r} is not one of {', '.join(map(str, literal))}")
+    literals = [v for o in options if get_origin(o) is Literal for v in get_args(o)]
+    if literals:
+        if value not in literals:
+            raise ConfigError(f"{name} = {value!r} is not one of {', '.join(map(str, literals))}")
         return value
-    base = [a for a in (options or (tp,)) if a is not type(None)]
-    for b in base:
-        if b is bool and isinstance(value, bool):
-            return value
-        if b is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if b is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    for base in options:
+        if isinstance(value, bool) != (base is bool):
+            continue  # bool is an int subclass: keep true/false and numbers apart
+        if base is float and isinstance(value, (int, float)):
             return float(value)
-        if b is str and isinstance(value, str):
+        if base in (int, str, bool) and isinstance(value, base):
             return value
     raise ConfigError(f"{name} = {value!r} has the wrong type; expected {tp}")
-
-
-def _flatten_literals(tp: Any) -> list[Any]:
-    if getattr(tp, "__origin__", None) is Literal:
-        return list(get_args(tp))
-    out: list[Any] = []
-    for a in get_args(tp):
-        if getattr(a, "__origin__", None) is Literal:
-            out += list(get_args(a))
-    return out
 
 
 def build(values: dict[str, Any]) -> Config:

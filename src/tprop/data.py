@@ -584,7 +584,7 @@ def _download(url: str, dest: Path, name: str, progress: bool) -> None:
             unit_scale=True,
             unit_divisor=1024,
             desc=f"fetch {name}",
-            disable=not progress,
+            disable=None if progress else True,  # a bar only on a terminal
         ) as bar:
             while block := response.read(_READ_BYTES):
                 out.write(block)
