@@ -75,10 +75,12 @@ def test_toml_config_and_cli_override(tiny_data, tmp_path):
 
 def test_resume_continues_after_the_last_epoch(tiny_data, tmp_path):
     out = tmp_path / "run"
-    assert train(tiny_data, out, "--method", "admm", "--block-size", "5") == 0
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # an occupied folder, replaced with --overwrite
+    assert train(tiny_data, out, "--method", "admm", "--block-size", "5", "--overwrite") == 0
     full = json.loads((out / "summary.json").read_text())
-    assert train(tiny_data, out, "--method", "admm", "--block-size", "5", "--epochs", "3",
-                 "--resume") == 0
+    # the run's own config.json is the base: --out, --resume and a changed budget suffice
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3"]) == 0
     more = json.loads((out / "summary.json").read_text())
     assert more["epochs"] == 3 and more["valid_ppl_history"][:2] == full["valid_ppl_history"]
 

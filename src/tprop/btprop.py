@@ -172,10 +172,9 @@ class BlockTP:
         if s.z_init == "zero":
             return z
         z[0] = self.carry
-        if s.z_init == "chained":  # z_{j+1} = e_j: one forward through the rows, in chunks
-            for a, b in self._chunks(R):
-                for r in range(a, b):
-                    _, z[r + 1] = self.model.states(x[:, r * n:(r + 1) * n], z[r])
+        if s.z_init == "chained":  # z_{j+1} = e_j: one forward pass through the rows
+            for r in range(R):
+                _, z[r + 1] = self.model.states(x[:, r * n:(r + 1) * n], z[r])
         elif s.z_init == "zero_start" and R > 1:
             # The released code's -mb_init: every block run from a zero state in parallel; the
             # end state of block j becomes z_{j+1}; z_R stays 0.

@@ -54,7 +54,9 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         except (OSError, ValueError) as e:
             raise ConfigError(f"--resume: cannot read {saved} ({e}); pass the run's flags "
                               "explicitly") from None
-        values = {k: v for k, v in values.items() if k in field_types()}
+        # run-control flags of the original invocation do not carry over
+        values = {k: v for k, v in values.items()
+                  if k in field_types() and k not in ("overwrite", "resume")}
     if getattr(ns, "config", None):
         values.update(load_toml(ns.config))
     values.update(flags)
