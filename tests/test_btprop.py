@@ -244,3 +244,22 @@ def test_golden_first_losses(name):
     key = "nll" if name == "bptt" else "theta_loss"
     got = [float(method.step(*st, epoch=1)[key]) for st in method.steps()[:3]]
     assert got == pytest.approx(GOLDEN[name], rel=1e-10)
+
+
+@pytest.mark.parametrize("preset", ["paper", "tprnn"])
+def test_batch_mode_keeps_dataset_sized_z_and_u_across_epochs(preset):
+    ids = tokens(4 * 5 * 6 + 1, seed=13)
+    mtd, cfg = tp(make_model(), ids, method="admm", preset=preset, full_batch=True,
+                  block_size=5, batch_size=4, u_start_epoch=1, chunk_tokens=20)
+    assert cfg.persist_z and cfg.persist_u and len(mtd.steps()) == 1  # one step = one epoch
+    inits = []
+    real_init = mtd.init_z
+    mtd.init_z = lambda x: inits.append(1) or real_init(x)  # count re-initialisations
+    for epoch in (1, 2, 3):
+        mtd.start_epoch()
+        mtd.step(*mtd.steps()[0], epoch=epoch)
+        if epoch == 1:
+            u1 = mtd.U.clone()
+    assert inits == [1] and bool(mtd.z_ready.all())
+    assert mtd.U.shape == (mtd.n_rows, mtd.n_streams, mtd.model.state_size)
+    assert u1.abs().sum() > 0 and not torch.equal(u1, mtd.U)  # U kept and stepped again

@@ -213,8 +213,10 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError("alm steps θ jointly with Z (--h-steps times); drop --theta-steps")
 
     fill = dict(PRESETS[cfg.preset])
-    if cfg.full_batch and cfg.preset == "paper":
-        fill["persist_z"] = True  # batch mode: Z is dataset-sized and kept across epochs
+    if cfg.full_batch:
+        # Batch mode: dataset-sized Z and U kept across epochs, under either preset. (The
+        # released code zeroes both every epoch; --no-persist-z --no-persist-u reproduce that.)
+        fill["persist_z"] = fill["persist_u"] = True
     if cfg.preset == "tprnn" and cfg.z_init not in (None, "zero_start"):
         fill["dual_placement"] = "before_h"  # the code's placement without -mb_init
     if cfg.method == "pm":
