@@ -27,9 +27,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     helps, types = field_help(), field_types()
+    defaults = Config().to_dict()
     for name, tp in types.items():
         flag = "--" + name.replace("_", "-")
-        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": helps[name]}
+        default = "set by preset/method" if defaults[name] is None else defaults[name]
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
+                              "help": f"{helps[name]} [default: {default}]"}
         args = [tp] if typing.get_origin(tp) is typing.Literal else (
             [a for a in typing.get_args(tp) if a is not type(None)] or [tp])
         literals = [v for a in args for v in (typing.get_args(a)
