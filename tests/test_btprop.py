@@ -1,9 +1,9 @@
 """Exact identities of blocked target propagation, run through the real training step (float64).
 
 T1/T2/T3 are the appendix A.1 tests of reference/tprnn-code-notes.md §12.4. The penalty's
-θ-gradient G_pen is read off the real step: with a plain-SGD θ optimiser of learning rate 1 and
-no clipping, θ_after(λ=0) − θ_after(λ) = G_pen exactly, because one H-step from the exact
-forward states does not depend on λ (the penalty's gradient is zero there).
+θ-gradient G_pen is read off the real step: the θ-gradient of a step with λ minus that of a step
+with λ = 0, because one H-step from the exact forward states does not depend on λ (the
+penalty's gradient is zero there).
 """
 
 from __future__ import annotations
@@ -49,7 +49,12 @@ APPENDIX = dict(optim="sgd", lr=1.0, clip=0.0, h_optim="sgd", theta_steps=1, h_s
 
 
 def pen_grad_from_step(model, ids, h0, eta, lam, rows, B, **kw):
-    """G_pen of the real step: θ after a step with λ = 0 minus θ after a step with λ."""
+    """G_pen of the real step: its θ-gradient with λ minus its θ-gradient with λ = 0.
+
+    The θ-step leaves ∂L/∂θ in `.grad` (SGD, lr 1, no clipping). One H-step from the exact
+    forward states does not depend on λ, so the two NLL parts are identical and the difference
+    is the penalty's gradient alone. The θ update itself is checked too: Δθ = −∂L/∂θ.
+    """
     out = {}
     for key, lam_ in (("pen", lam), ("zero", 0.0)):
         m = copy.deepcopy(model)
@@ -57,8 +62,10 @@ def pen_grad_from_step(model, ids, h0, eta, lam, rows, B, **kw):
                        **{**APPENDIX, **kw})
         method.carry = h0.clone()
         method.step(0, rows, epoch=1)
-        out[key] = flat(m)
-    return out["zero"] - out["pen"]
+        grad = torch.cat([p.grad.reshape(-1) for p in m.parameters()])
+        torch.testing.assert_close(flat(m), flat(model) - grad, rtol=0, atol=1e-14)
+        out[key] = grad
+    return out["pen"] - out["zero"]
 
 
 def cross_boundary_grad(model, ids, h0, B, n_blocks):
