@@ -248,12 +248,13 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(st: dict[str, Any]) -> None:
+    # RNG states are CPU byte tensors, wherever map_location put the checkpoint.
     random.setstate(st["python"])
-    torch.set_rng_state(st["torch"])
+    torch.set_rng_state(st["torch"].cpu())
     kind, keys, pos, has_gauss, gauss = st["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
     if st["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
 
 
 class Interrupted(RunError):
