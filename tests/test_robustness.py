@@ -21,7 +21,8 @@ from tprop.cli import main
 SRC = Path(__file__).resolve().parents[1] / "src"
 # TPROP_TEST_DEVICE=cuda runs the resume tests on a GPU (a device check, not part of CI).
 RUN = ["--dataset", "ptb", "--hidden", "24", "--batch-size", "4", "--no-progress",
-       "--device", os.environ.get("TPROP_TEST_DEVICE", "cpu"), "--deterministic", "--method", "admm", "--preset", "paper",
+       "--device", os.environ.get("TPROP_TEST_DEVICE", "cpu"), "--deterministic",
+       "--method", "admm", "--preset", "paper",
        "--block-size", "5", "--h-steps", "2", "--u-start-epoch", "2", "--epochs", "8",
        "--patience", "0", "--checkpoint-every", "0.0005"]  # a checkpoint every ~30 ms
 TIMING = {"time/wall_s", "train/tokens_per_s", "train/epoch_s"}
