@@ -28,7 +28,7 @@ from torch import Tensor
 from tprop import __version__, checkpoint
 from tprop.batching import batchify, n_windows, window
 from tprop.btprop import BlockTP, settings
-from tprop.config import Config, ConfigError
+from tprop.config import Config, ConfigError, build
 from tprop.metrics import MetricsSink, progress
 from tprop.model import RNNLM
 from tprop.objective import bits_per_token, nll_sum, perplexity
@@ -489,7 +489,7 @@ def evaluate_checkpoint(path: str, split: str, weights: str, data_dir: str | Non
     saved = checkpoint.load(path, map_location=device)
     from tprop.data import load_corpus
 
-    cfg = Config(**{**saved["config"], "data_dir": data_dir or saved["config"]["data_dir"]})
+    cfg = build({**saved["config"], "data_dir": data_dir or saved["config"]["data_dir"]})
     corpus = load_corpus(cfg.dataset, cfg.data_dir, text8_split=cfg.text8_split)
     if len(corpus.vocab) != saved["vocab_size"]:
         raise RunError(f"vocabulary of {cfg.dataset} ({len(corpus.vocab)}) differs from the "
