@@ -111,7 +111,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--eval-limit", type=int, default=DEMO["eval_limit"],
                    help="validation/test tokens to use")
     m.add_argument("--epochs", type=int, default=DEMO["epochs"], help="epochs per method")
+    for name in PLUGGED:
+        import importlib
+
+        importlib.import_module(f"tprop.{name}").add_parser(sub)
     return p
+
+
+# Modules that add their own subcommand: each has `add_parser(sub)`, which registers the
+# subparser with `set_defaults(handler=run)`, where `run(ns) -> int` is the exit code.
+PLUGGED: tuple[str, ...] = ()
 
 
 DEMO = dict(dataset="wikitext-2", hidden=100, batch_size=32, lr=0.1, epochs=2,
@@ -165,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return _data(ns)
         elif ns.command == "demo":
             return _demo(ns)
+        else:
+            return ns.handler(ns)
     except Interrupted as e:
         print(f"tprop: stopped: {e}", file=sys.stderr)
         return e.code
