@@ -6,7 +6,6 @@ import io
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,39 +13,22 @@ from typing import Any, BinaryIO
 
 import torch
 
+from tprop import fileio
+
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used; ``str(e)`` is one line."""
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash or a full disk leaves either the old file or the new one, never a torn one.
-    """
-    tmp = None
+    """Write atomically and durably (`tprop.fileio.atomic_write`): a crash or a full disk leaves
+    either the old file or the new one, never a torn one."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fileio.atomic_write(path, write)
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {e.strerror or e}; free space (or fix "
                               "the folder) and continue with --resume; the previous file is "
                               "intact") from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(state: dict[str, Any], path: str | os.PathLike) -> None:
