@@ -24,6 +24,8 @@ from tprop import data
 from tprop.data import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Optional extra data: a data root holding the real PTB files (by default the checkout's sibling
+# shared/data folder on the development machine). Tests that need it skip without it.
 SHARED_DATA = Path(os.environ.get("TPROP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
@@ -37,8 +39,13 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def shared() -> Path:
-    if not (SHARED_DATA / "ptb").is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA} (set TPROP_SHARED_DATA)")
+    """A data root with the real PTB and PTB-char (`ptb/train.txt.gz`, ...), when there is one."""
+    if not all((SHARED_DATA / name).is_dir() for name in ("ptb", "ptb-char")):
+        pytest.skip(
+            f"needs the real PTB: no {SHARED_DATA}/ptb and ptb-char folders; set "
+            f"TPROP_SHARED_DATA to a data root holding them (e.g. after `tprop data fetch ptb "
+            f"--data-dir DIR` and the same for ptb-char)"
+        )
     return SHARED_DATA
 
 
@@ -85,7 +92,10 @@ def test_ptb_published_counts(shared: Path) -> None:
     assert first_occurrence_order(c.train)
     # The file starts " aer banknote berlitz ..."; <eos> gets its id after the first line.
     assert c.vocab.itos[:3] == ["aer", "banknote", "berlitz"]
-    first_line = gzip.open(shared / "ptb" / "train.txt.gz", "rt").readline().split()
+    train = data.verify("ptb", shared)[0][0]  # train.txt or train.txt.gz
+    opener = gzip.open if train.endswith(".gz") else open
+    with opener(train, "rt") as f:
+        first_line = f.readline().split()
     assert c.vocab.stoi[data.EOS] == len(first_line)
     assert [c.vocab.stoi[t] for t in c.vocab.itos] == list(range(len(c.vocab)))
 
@@ -108,7 +118,8 @@ def test_wikitext2_from_shipped_copy(isolated_env: Path) -> None:
 def test_verify_matches_pins_for_shared_ptb(shared: Path) -> None:
     for name in ("ptb", "ptb-char"):
         rows = data.verify(name, shared)
-        assert [Path(p).name for p, _, _ in rows] == ["train.txt.gz", "valid.txt.gz", "test.txt.gz"]
+        names = [Path(p).name.removesuffix(".gz") for p, _, _ in rows]
+        assert names == ["train.txt", "valid.txt", "test.txt"]
         assert all(ok is True for _, _, ok in rows)
 
 
@@ -205,12 +216,22 @@ def test_missing_files_say_where_and_how(
 ) -> None:
     monkeypatch.setenv(data.ENV_DATA_DIR, str(tmp_path / "env"))
     with pytest.raises(DataError) as e:
-        data.load_corpus("ptb", tmp_path / "arg")
+        data.load_corpus("ptb")
     msg = one_line(e)
-    for folder in (tmp_path / "arg" / "ptb", tmp_path / "env" / "ptb", isolated_env / "ptb"):
+    for folder in (tmp_path / "env" / "ptb", isolated_env / "ptb"):
         assert str(folder) in msg
     assert "train.txt, valid.txt, test.txt" in msg
-    assert "tprop data fetch ptb" in msg and "--data-dir" in msg
+    assert "tprop data fetch ptb" in msg and "tprop data add ptb PATH" in msg
+    assert "--data-dir" in msg
+
+    # A named folder is the only one looked in: the message names it and how to fill it.
+    with pytest.raises(DataError) as e:
+        data.load_corpus("ptb", tmp_path / "arg")
+    msg = one_line(e)
+    assert str(tmp_path / "arg" / "ptb") in msg and str(tmp_path / "env") not in msg
+    assert "train.txt, valid.txt, test.txt" in msg
+    assert f"tprop data fetch ptb --data-dir {tmp_path / 'arg'}" in msg
+    assert f"tprop data add ptb PATH --data-dir {tmp_path / 'arg'}" in msg
 
 
 def test_incomplete_folder_is_an_error_not_a_fallthrough(
@@ -263,8 +284,18 @@ def test_resolution_order(
     assert first_token() == "env"
     copy(tmp_path / "arg", "arg")
     assert first_token(data_dir=tmp_path / "arg") == "arg"
-    # A root without this dataset is skipped: the next one is used.
-    assert first_token(data_dir=tmp_path / "nothing-here") == "env"
+    # A named data_dir is authoritative: without the dataset it is an error, not a fallthrough
+    # to $TPROP_DATA_DIR, the cache or the shipped copy.
+    for nothing in (tmp_path / "nothing-here", tmp_path / "empty"):
+        (tmp_path / "empty" / "wikitext-2").mkdir(parents=True, exist_ok=True)
+        with pytest.raises(DataError) as e:
+            data.resolve_dir("wikitext-2", nothing)
+        assert str(nothing / "wikitext-2") in one_line(e) and "--data-dir" in str(e.value)
+        with pytest.raises(DataError):
+            data.load_corpus("wikitext-2", nothing)
+    monkeypatch.delenv(data.ENV_DATA_DIR)
+    with pytest.raises(DataError):
+        data.load_corpus("wikitext-2", tmp_path / "nothing-here")  # not even the shipped copy
 
 
 def test_describe_lists_every_dataset(tmp_path: Path) -> None:
@@ -553,3 +584,233 @@ def test_cli_fetch_reports_a_checksum_mismatch_in_one_line(
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "checksum mismatch" in err, err
     assert leftovers(root / "ptb") == []
+
+
+# --------------------------------------------------------------------------- add (by hand)
+
+
+PTB_PINS = {f"{s}.txt": sha(t) for s, t in PTB_TINY.items()}
+
+
+def tiny_ptb_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the registry pin the tiny PTB files, for the CLI (which cannot pass pins)."""
+    spec = dataclasses.replace(data.DATASETS["ptb"], sha256=PTB_PINS)
+    monkeypatch.setitem(data.DATASETS, "ptb", spec)
+
+
+def test_add_published_archive(
+    tmp_path: Path, simple_examples: str, isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / "www" / "simple-examples.tgz"
+    folder = data.add("ptb", archive, tmp_path / "root", expected_sha256=PTB_PINS)
+    assert folder == tmp_path / "root" / "ptb"
+    assert leftovers(folder) == ["test.txt", "train.txt", "valid.txt"]  # no temporary files
+    assert (folder / "train.txt").read_text() == PTB_TINY["train"]
+    assert len(data.load_corpus("ptb", tmp_path / "root").train) == 7
+
+    pins = {f"{s}.txt": sha(t) for s, t in CHAR_TINY.items()}
+    data.add("ptb-char", archive, expected_sha256=pins)  # no data_dir: into the cache
+    assert leftovers(isolated_env / "ptb-char") == ["test.txt", "train.txt", "valid.txt"]
+    monkeypatch.setenv(data.ENV_DATA_DIR, str(tmp_path / "env"))
+    assert data.add("ptb-char", archive, expected_sha256=pins) == tmp_path / "env" / "ptb-char"
+
+
+def test_add_with_real_pins_rejects_other_files_and_leaves_nothing(
+    tmp_path: Path, simple_examples: str
+) -> None:
+    archive = tmp_path / "www" / "simple-examples.tgz"
+    with pytest.raises(DataError) as e:
+        data.add("ptb", archive, tmp_path / "root")
+    msg = one_line(e)
+    assert "checksum mismatch for train.txt" in msg and str(archive) in msg
+    assert "nothing was written" in msg
+    assert not (tmp_path / "root").exists()  # no empty folder either
+
+    old = write(tmp_path / "kept" / "ptb" / "train.txt", "an older copy\n")
+    with pytest.raises(DataError):
+        data.add("ptb", archive, tmp_path / "kept")
+    assert leftovers(old.parent) == ["train.txt"] and old.read_text() == "an older copy\n"
+
+
+def test_add_folder_under_any_published_layout(tmp_path: Path, simple_examples: str) -> None:
+    with tarfile.open(tmp_path / "www" / "simple-examples.tgz") as tf:
+        tf.extractall(tmp_path / "x", filter="data")
+    published = tmp_path / "x" / "simple-examples" / "data"  # ptb.train.txt, ...
+    tprop_names = write_splits(tmp_path / "y", "ptb", PTB_TINY, gz=True)  # train.txt.gz, ...
+    for i, source in enumerate(
+        [tmp_path / "x", published.parent, published, tprop_names, tprop_names.parent]
+    ):
+        root = tmp_path / f"root{i}"
+        assert data.add("ptb", source, root, expected_sha256=PTB_PINS) == root / "ptb"
+        assert leftovers(root / "ptb") == ["test.txt", "train.txt", "valid.txt"], source
+        assert (root / "ptb" / "test.txt").read_text() == PTB_TINY["test"]
+
+
+def test_add_reports_what_is_missing_and_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    folder = write(tmp_path / "dl" / "ptb.train.txt", PTB_TINY["train"]).parent
+    cases = [
+        (folder, f"has {folder / 'ptb.train.txt'} but not {folder / 'ptb.valid.txt'}"),
+        (tmp_path / "root", "does not exist"),
+        (write(tmp_path / "empty" / "README", "x\n").parent, "holds no ptb files"),
+        (write(tmp_path / "page.html", "<html>moved</html>"), "is not a zip or tar archive"),
+    ]
+    for source, needle in cases:
+        with pytest.raises(DataError) as e:
+            data.add("ptb", source, root, expected_sha256=PTB_PINS)
+        assert needle in one_line(e), source
+        assert not root.exists()
+    with pytest.raises(DataError) as e:
+        data.add("ptb", folder, root)
+    assert "ptb.valid.txt" in one_line(e)
+
+
+def test_add_wikitext103_checks_the_published_archive_md5(tmp_path: Path) -> None:
+    texts = {"train": "a b\n", "valid": "a\n", "test": "b\n"}
+    make_zip(tmp_path / "w.zip", {f"wikitext-103/wiki.{s}.tokens": t for s, t in texts.items()})
+    with pytest.raises(DataError) as e:  # not the published zip: its md5 differs
+        data.add("wikitext-103", tmp_path / "w.zip", tmp_path / "root")
+    assert "9ddaacaf6af0710eda8c456decff7832" in one_line(e) and "add the folder" in str(e.value)
+    assert not (tmp_path / "root").exists()
+    # Extracted files have no pinned checksum: they are installed, and verify says "unknown".
+    for split, text in texts.items():
+        write(tmp_path / "wt" / f"wiki.{split}.tokens", text)
+    data.add("wikitext-103", tmp_path / "wt", tmp_path / "root")
+    assert [ok for _, _, ok in data.verify("wikitext-103", tmp_path / "root")] == [None] * 3
+
+
+def test_add_text8_from_the_bare_file(tmp_path: Path) -> None:
+    raw = write(tmp_path / "dl" / "text8", "one two one two one")
+    pins = {"text8": sha("one two one two one")}
+    folder = data.add("text8", raw, tmp_path / "root", expected_sha256=pins)
+    assert (folder / "text8").read_text() == "one two one two one"
+    with pytest.raises(DataError) as e:  # the real pin
+        data.add("text8", raw, tmp_path / "other")
+    assert "checksum mismatch for text8" in one_line(e) and not (tmp_path / "other").exists()
+
+
+def test_add_real_ptb_from_a_folder(shared: Path, tmp_path: Path) -> None:
+    data.add("ptb", shared / "ptb", tmp_path)  # tprop's names, gzip: checked against real pins
+    assert leftovers(tmp_path / "ptb") == ["test.txt", "train.txt", "valid.txt"]
+    assert all(ok for _, _, ok in data.verify("ptb", tmp_path))
+    assert len(data.load_corpus("ptb", tmp_path).train) == 929_589
+
+
+def test_fetch_failure_leaves_no_folder_and_names_add(
+    tmp_path: Path, server: tuple[Path, str]
+) -> None:
+    _, base = server
+    root = tmp_path / "new" / "root"
+    with pytest.raises(DataError) as e:
+        data.fetch("ptb", root, url=f"{base}/missing.tgz", progress=False)
+    msg = one_line(e)
+    assert f"tprop data add ptb PATH --data-dir {root}" in msg
+    assert not (tmp_path / "new").exists()
+
+    local = write(tmp_path / "simple-examples.tgz", b"")
+    with pytest.raises(DataError) as e:  # a plain path is not an address: say what works
+        data.fetch("ptb", url=str(local), progress=False)
+    assert f"tprop data add ptb {local}" in one_line(e)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_add_then_list(
+    tmp_path: Path,
+    simple_examples: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tprop.cli import main
+
+    archive = tmp_path / "www" / "simple-examples.tgz"
+    root = tmp_path / "root"
+    assert main(["data", "add", "ptb", str(archive), "--data-dir", str(root)]) == 2  # real pins
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "checksum mismatch" in err and not root.exists(), err
+
+    tiny_ptb_spec(monkeypatch)
+    assert main(["data", "add", "ptb", str(archive), "--data-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"installed in {root / 'ptb'} (sha256 verified)" in out
+    assert f"tprop data add ptb-char {archive} --data-dir {root}" in out  # same archive
+
+    assert main(["data", "list", "--data-dir", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["dataset", "train", "size", "licence", "status"]
+    rows = {line.split()[0]: line for line in lines[1:6]}
+    assert list(rows) == list(data.DATASETS)
+    assert rows["ptb"].endswith(f"present: {root / 'ptb'}") and "929,589 tokens" in rows["ptb"]
+    assert rows["wikitext-2"].endswith("missing")  # --data-dir is the only place looked in
+    assert f"tprop data add NAME PATH --data-dir {root}" in " ".join(lines)
+    assert all(len(line.replace(str(root), "DIR")) <= 100 for line in lines), lines  # but paths
+    assert "None" not in "\n".join(lines) and "s3.amazonaws" not in "\n".join(lines)
+
+
+def test_cli_list_without_data_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    from tprop.cli import main
+
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"shipped: {data.package_data_dir() / 'wikitext-2'}" in out
+    assert "missing: tprop data fetch ptb" in out and "tprop data add NAME PATH" in out
+    assert "$TPROP_DATA_DIR (not set)" in out
+
+
+def test_cli_help_and_choices_come_from_the_registry(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tprop.cli import main
+
+    toy = dataclasses.replace(data.DATASETS["ptb"], name="toy")
+    monkeypatch.setitem(data.DATASETS, "toy", toy)
+    for command in ("fetch", "add", "verify", "list"):
+        assert main(["data", command, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "target folder" not in out
+        if command != "list":
+            assert "ptb, ptb-char, wikitext-2, wikitext-103, text8, toy" in out
+    code = main(["data", "fetch", "imdb"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "invalid choice: 'imdb'" in err, err
+
+
+def test_cli_train_with_data_dir_does_not_fall_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tprop.cli import main
+
+    code = main(["train", "--dataset", "wikitext-2", "--data-dir", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "run"), "--epochs", "1"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and str(tmp_path / "none") in err, err
+    assert "tprop data add wikitext-2 PATH --data-dir" in err
+
+
+def test_importing_the_registry_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tprop.data import DATASETS, DataError, resolve_dir; "
+        "import tprop.data.commands; assert 'torch' not in sys.modules, 'torch imported'; "
+        "from tprop.data import load_corpus, fetch; assert callable(fetch)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_atomic_write_leaves_the_old_file_on_failure(tmp_path: Path) -> None:
+    from tprop import fileio
+
+    target = write(tmp_path / "f.txt", "old")
+
+    def fail(fh: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        fileio.atomic_write(target, fail)
+    assert leftovers(tmp_path) == ["f.txt"] and target.read_text() == "old"
+    fileio.atomic_write(target, lambda fh: fh.write(b"new"))
+    assert leftovers(tmp_path) == ["f.txt"] and target.read_text() == "new"

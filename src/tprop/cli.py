@@ -88,18 +88,6 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, help="evaluation streams (default: the run's)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
-    d = sub.add_parser("data", help="list, fetch or verify datasets")
-    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    q = dsub.add_parser("list", help="datasets, where their files are, licences")
-    q.add_argument("--data-dir", help="folder holding <dataset>/ files")
-    for name, text in [("fetch", "download from the canonical address and verify checksums"),
-                       ("verify", "check the sha256 of the files present")]:
-        q = dsub.add_parser(name, help=text)
-        q.add_argument("name", help="dataset name (see `tprop data list`)")
-        q.add_argument("--data-dir", help="target folder (else $TPROP_DATA_DIR, then the cache)")
-        if name == "fetch":
-            q.add_argument("--url", help="download from this address instead")
-
     m = sub.add_parser("demo", help="the quick tour: BPTT and ADMM on a slice of the shipped "
                        "WikiText-2, a few minutes on 2 CPU cores")
     m.add_argument("--out", default="runs/demo", help="folder for the two run folders")
@@ -120,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommand: each has `add_parser(sub)`, which registers the
 # subparser with `set_defaults(handler=run)`, where `run(ns) -> int` is the exit code.
-PLUGGED: tuple[str, ...] = ()
+PLUGGED: tuple[str, ...] = ("data.commands",)
 
 
 DEMO = dict(dataset="wikitext-2", hidden=100, batch_size=32, lr=0.1, epochs=2,
@@ -170,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['split']} ppl {r['ppl']:.2f} | bits/token {r['bits']:.4f} | "
                   f"{r['tokens']:,} tokens | {r['weights']} weights (epoch {r['epoch']})")
             print(json.dumps(r))
-        elif ns.command == "data":
-            return _data(ns)
         elif ns.command == "demo":
             return _demo(ns)
         else:
@@ -192,28 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tprop: interrupted", file=sys.stderr)
         return 130
-    return 0
-
-
-def _data(ns: argparse.Namespace) -> int:
-    from tprop import data
-
-    if ns.data_command == "list":
-        for row in data.describe(ns.data_dir):
-            print("  ".join(f"{k}={v}" for k, v in row.items()))
-    elif ns.data_command == "fetch":
-        path = data.fetch(ns.name, ns.data_dir, url=ns.url)
-        print(f"{ns.name}: files verified in {path}")
-    else:
-        rows = data.verify(ns.name, ns.data_dir)
-        bad = [r for r in rows if r[2] is False]
-        for file, digest, ok in rows:
-            mark = {True: "ok ", False: "BAD", None: "no pinned checksum:"}[ok]
-            print(f"{mark} {digest} {file}")
-        if bad:
-            print(f"tprop: error: {len(bad)} file(s) of {ns.name} do not match their pinned "
-                  "sha256; run `tprop data fetch` again", file=sys.stderr)
-            return 2
     return 0
 
 
