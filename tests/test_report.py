@@ -1,0 +1,242 @@
+"""`tprop report` and `tprop plot` on run folders written here (exact numbers, no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tprop import paper
+from tprop.cli import main
+from tprop.report_tables import build_tables
+from tprop.runs import load_runs
+
+BASE = {
+    "dataset": "ptb",
+    "hidden": 100,
+    "batch_size": 32,
+    "lr": 0.1,
+    "clip": 0.5,
+    "epochs": 10,
+    "patience": 3,
+    "cell": "gru",
+    "layers": 1,
+}
+ADMM = {
+    **BASE,
+    "method": "admm",
+    "preset": "tprnn",
+    "block_size": 20,
+    "h_steps": 1,
+    "h_lr": 0.001,
+    "lam": 0.1,
+    "u_lr": 0.1,
+}
+BPTT = {**BASE, "method": "bptt", "bptt": 20}
+
+
+def fake_run(
+    root: Path,
+    name: str,
+    config: dict,
+    valid: list[float] | None,
+    seed: int = 1111,
+    finished: bool = True,
+    tp: bool = True,
+) -> Path:
+    """A run folder as `tprop train` leaves it: valid ppl per epoch; train ppl = valid − 20."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({**config, "seed": seed, "out": str(folder)}))
+    lines = []
+    for i, v in enumerate(valid or [], 1):
+        rec = {
+            "event": "epoch",
+            "epoch": i,
+            "train/ppl": v - 20,
+            "valid/ppl": v,
+            "valid/best_ppl": min(valid[:i]),
+        }
+        if tp:
+            rec.update({"tp/residual": 1.0 / i, "tp/dual_norm": 0.1 * i})
+        lines.append(json.dumps(rec))
+    (folder / "metrics.jsonl").write_text("".join(x + "\n" for x in lines))
+    if finished and valid:
+        best = min(valid)
+        (folder / "summary.json").write_text(
+            json.dumps(
+                {
+                    "best_valid_ppl": best,
+                    "best_epoch": valid.index(best) + 1,
+                    "final_valid_ppl": valid[-1],
+                    "epochs": len(valid),
+                    "valid_ppl_history": valid,
+                    "stop_reason": "max_epochs",
+                    "test_ppl": best - 5,
+                }
+            )
+        )
+    elif valid:
+        (folder / "checkpoint.pt").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    for seed, v in zip((1111, 2222, 3333), (127.0, 128.0, 129.0), strict=True):
+        fake_run(root, f"admm_B20_h1_s{seed}", ADMM, [150.0, v, v + 3], seed)
+    fake_run(root, "admm_B20_h1_lam1_s1111", {**ADMM, "lam": 1.0}, [160.0, 140.0])
+    fake_run(root, "bptt_K20_s1111", BPTT, [160.0, 130.0], tp=False)
+    fake_run(root, "bptt_K20_s2222", BPTT, [170.0], 2222, finished=False, tp=False)
+    fake_run(root, "admm_B20_h0_s1111", {**ADMM, "h_steps": 0}, [127.5])
+    fake_run(root, "admm_B20_h0_lam0_s1111", {**ADMM, "h_steps": 0, "lam": 0.0}, [131.0])
+    fake_run(
+        root,
+        "admm_B10_h2_hid50_s1111",
+        {**ADMM, "block_size": 10, "h_steps": 2, "hidden": 50, "epochs": 2},
+        [150.0, 140.0],
+    )
+    (root / "broken_s1111").mkdir()
+    (root / "broken_s1111" / "stdout.log").write_text("$ tprop train …\ntprop: error: boom\n")
+    (root / "sweep.json").write_text(
+        json.dumps(
+            {
+                "grids": {"mine": {"description": "fake runs", "notes": ""}},
+                "runs": {
+                    "broken_s1111": {"state": "failed", "returncode": 2, "values": BPTT},
+                    "later_s1111": {"state": "pending", "values": BPTT},
+                },
+            }
+        )
+    )
+    return root
+
+
+def test_paper_numbers_say_where_they_come_from():
+    assert paper.published("table1", "Minibatch PTB", "H-steps = 1", "B = 20").value == 127.43
+    assert paper.published("table1", "Batch PTB", "BPTT (K = B)", "B = 5").value == 188.31
+    assert paper.published("table1", "Minibatch Text8", "H-steps = 5", "B = 20").value == 204.60
+    assert len([k for k in paper.PUBLISHED if k[0] == "table1"]) == 36
+    assert all(
+        p.where.startswith(("Table 1", "Table 2", "Table 4")) for p in paper.PUBLISHED.values()
+    )
+
+
+def test_cells_pick_the_best_setting_by_mean_validation(runs):
+    records, _ = load_runs(runs)
+    t1 = next(t for t in build_tables(records) if t.key == "table1")
+    cell = t1.cells[("H-steps = 1", "B = 20")]
+    assert (cell.n_settings, cell.setting) == (2, "lam=0.1")
+    assert [r.name for r in cell.chosen] == [f"admm_B20_h1_s{s}" for s in (1111, 2222, 3333)]
+    assert (cell.stat.mean, cell.stat.std, cell.stat.n) == (128.0, 1.0, 3)
+    bptt = t1.cells[("BPTT (K = B)", "B = 20")]
+    assert (bptt.stat.n, bptt.unfinished) == (1, 3)  # in progress, failed, not started
+
+
+def test_report_markdown_csv_and_figures_are_deterministic(runs, capsys):
+    assert main(["report", str(runs)]) == 0
+    md = (runs / "report.md").read_text()
+    assert "| H-steps = 1 | — | — | 128.00 ± 1.00 (3) · 127.43 · +0.4 % |" in md
+    assert "| BPTT (K = B) | — | — | 130.00 (1) · 128.16 · +1.4 % (+3 not finished) |" in md
+    assert "- H-steps = 1, B = 20: lam=0.1 (best of 2 settings)" in md
+    assert "| H-steps = 0 | -0.50 | -0.40 | -0.10 | 127.50 (1) · 128.00 · -0.4 % |" not in md
+    assert "| H-steps = 0 | -0.50 | -0.40 | -0.10 | 127.50 (1) |" in md
+    assert "| H-steps = 0 & λ = 0 | +3.00 | +2.36 | +0.64 | 131.00 (1) |" in md
+    assert "| H-steps = 2 | 140.00 (1) | — | — | — |" in md  # Figure 3, hidden = 50 first
+    assert "differs from the paper's protocol: epochs = 2 (protocol 10)" in md
+    assert "| broken_s1111 | failed |  |  |  |  | exit 2: tprop: error: boom |" in md
+    assert (
+        "| bptt_K20_s2222 | in progress or interrupted |  |  | 1 |  | resumable "
+        "(checkpoint.pt); at epoch 1: best valid ppl 170.00 |" in md
+    )
+    assert "| later_s1111 | not started |" in md
+    assert "Grid `mine`: fake runs" in md
+    csv = (runs / "report.csv").read_text().splitlines()
+    assert csv[0].startswith("table,section,row,column,ours_mean,ours_std,n,paper,diff")
+    assert (
+        "table1,Minibatch PTB,H-steps = 1,B = 20,128.0000,1.0000,3,127.43,0.45,%,0,2,"
+        "lam=0.1,admm_B20_h1_s1111 admm_B20_h1_s2222 admm_B20_h1_s3333"
+    ) in csv
+    assert (
+        "table2,Minibatch PTB,H-steps = 0 & λ = 0,Δ PPL,131.0000,,1,2.36,0.64,ppl,0,1,,"
+        "admm_B20_h0_lam0_s1111" in csv
+    )
+    figures = sorted(p.name for p in (runs / "figures").iterdir())
+    assert figures == ["figure3.png", "learning-curves.png", "table1.png"]
+    first = {p: p.read_bytes() for p in runs.rglob("*") if p.suffix in (".md", ".csv", ".png")}
+    assert main(["report", str(runs)]) == 0
+    assert {p: p.read_bytes() for p in first} == first  # byte for byte
+    capsys.readouterr()
+    assert main(["report", str(runs), "--markdown-only"]) == 0
+    alone = capsys.readouterr().out
+    assert alone.startswith("Each cell: ours") and "## Runs" not in alone
+    assert alone in md  # the README's table is the report's
+
+
+def test_report_on_the_published_ptb_b20_runs(tmp_path):
+    """The repository's own result folders (no sweep.json) give the README's numbers."""
+    src = Path(__file__).resolve().parents[1] / "docs" / "results" / "ptb-b20"
+    if not src.is_dir():
+        pytest.skip("docs/results/ptb-b20 not present")
+    records, manifest = load_runs(src)
+    assert manifest == {} and len(records) == 25
+    t1 = next(t for t in build_tables(records) if t.key == "table1")
+    admm, bptt = t1.cells[("H-steps = 1", "B = 20")], t1.cells[("BPTT (K = B)", "B = 20")]
+    assert (round(admm.stat.mean, 2), round(admm.stat.std, 2), admm.n_settings) == (
+        128.99,
+        0.48,
+        18,
+    )
+    assert admm.setting == "preset=tprnn lam=0.1 h_lr=0.001"
+    assert (round(bptt.stat.mean, 2), round(bptt.stat.std, 2)) == (132.04, 6.27)
+
+
+def test_plot_writes_a_png(runs, tmp_path, capsys):
+    png = tmp_path / "curves.png"
+    assert (
+        main(
+            [
+                "plot",
+                str(runs / "admm_B20_h1_s1111"),
+                str(runs / "bptt_K20_s1111"),
+                "--out",
+                str(png),
+            ]
+        )
+        == 0
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = png.read_bytes()
+    assert (
+        main(
+            [
+                "plot",
+                str(runs / "admm_B20_h1_s1111"),
+                str(runs / "bptt_K20_s1111"),
+                "--out",
+                str(png),
+            ]
+        )
+        == 0
+    )
+    assert png.read_bytes() == first
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["report", "{tmp}/nowhere"], "is not a folder of runs"),
+        (["report", "{tmp}/empty"], "holds no run folders"),
+        (["plot", "{tmp}/empty", "--out", "{tmp}/x.png"], "is not a run folder"),
+        (["plot", "{tmp}/nowhere", "--out", "{tmp}/x.png"], "is not a run folder"),
+        (["plot", "{run}", "--out", "{tmp}/x.pdf"], "give a .png file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, argv, needle):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(tmp=tmp_path, run=runs / "bptt_K20_s1111") for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
