@@ -108,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommand: each has `add_parser(sub)`, which registers the
 # subparser with `set_defaults(handler=run)`, where `run(ns) -> int` is the exit code.
-PLUGGED: tuple[str, ...] = ("data.commands", "report", "plot")
+PLUGGED: tuple[str, ...] = ("data.commands", "sweep", "report", "plot")
 
 
 DEMO = dict(dataset="wikitext-2", hidden=100, batch_size=32, lr=0.1, epochs=2,

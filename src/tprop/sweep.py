@@ -1,0 +1,356 @@
+"""`tprop sweep NAME|FILE`: run a grid of `tprop train` runs into one folder, resumably.
+
+Each run is a `tprop train` subprocess (``python -m tprop.cli train …``) writing its own run
+folder ``OUT/<name>/`` with its output in ``stdout.log``. A rerun skips finished runs (those with
+``summary.json``), continues interrupted ones (``checkpoint.pt``, no summary) with ``--resume``
+and retries failed ones. ``OUT/sweep.json`` records the grid and every run's settings and
+state. Ctrl-C (or SIGTERM) is passed once to every running run, which checkpoints and stops;
+the sweep then exits 130 (143).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tprop import grids
+from tprop.config import Config, field_types
+from tprop.grids import Grid, GridError, Run
+
+NAME = "sweep"
+FAILED_EXIT = 1  # some run failed (the others finished)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="run a grid of training runs (the paper's experiments or a "
+        "TOML file) into one folder, resumably",
+        description="Run a grid of `tprop train` runs into one folder. Built-in "
+        f"grids: {', '.join(grids.BUILTIN)}. A TOML file defines your own "
+        "(docs/sweeps.md). Rerunning skips finished runs and resumes "
+        "interrupted ones.",
+    )
+    p.add_argument("grid", help="a built-in grid name or a .toml grid file")
+    p.add_argument("--out", help="sweep folder (default: runs/<grid name>)")
+    p.add_argument(
+        "--seeds",
+        help="a count N (seeds 1111, 2222, …, N×1111) or a comma list "
+        "(1111,2222; one seed: 42,) [default: the grid's]",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time; each gets cores // jobs threads [default: 1]",
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=V[,V…]|GLOB",
+        help="keep runs whose setting KEY is one of the values, or whose name "
+        "matches GLOB; repeat to narrow",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a `tprop train` setting for every run, e.g. epochs=2; repeatable",
+    )
+    p.add_argument("--data-dir", help="folder holding <dataset>/ files, passed to every run")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N, passed to every run")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs and what a sweep would do with each; write nothing",
+    )
+    p.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one `tprop train` "
+        "line per run still to do (for Slurm, GNU parallel); write nothing",
+    )
+    p.add_argument("--show", action="store_true", help="print the grid as TOML and exit")
+    p.set_defaults(handler=run)
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def parse_literal(text: str) -> Any:
+    """A TOML literal (2, 0.1, true, "x") or else the text itself."""
+    from tprop.grids import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_seeds(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    if text is None:
+        return default
+    try:
+        if "," in text:
+            seeds = tuple(int(s) for s in text.split(",") if s.strip())
+        else:
+            seeds = tuple(1111 * k for k in range(1, int(text) + 1))
+    except ValueError:
+        raise GridError(f"--seeds {text!r}: give a count (3) or a comma list (1111,2222)") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise GridError(f"--seeds {text!r}: need at least one seed and no repeats")
+    return seeds
+
+
+def parse_set(items: list[str], runs: list[Run]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    axes = {k for r in runs for k in r.axes}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in field_types():
+            raise GridError(
+                f"--set {item!r}: expected KEY=VALUE with KEY a `tprop train` "
+                "setting (see `tprop train --help`)"
+            )
+        if key in grids.RUN_CONTROL:
+            raise GridError(
+                f"--set {key}: the sweep sets it; use --seeds/--out/--data-dir/--device"
+            )
+        if key in axes:
+            raise GridError(f"--set {key}: it is an axis of the grid; use --filter {key}=…")
+        out[key] = parse_literal(value.strip())
+    return out
+
+
+def _matches(run: Run, cond: str, defaults: dict[str, Any]) -> bool:
+    key, sep, values = cond.partition("=")
+    if not sep:
+        return fnmatch.fnmatchcase(run.name, cond)
+    key = key.strip().replace("-", "_")
+    if key not in defaults:
+        raise GridError(f"--filter {cond!r}: '{key}' is not a `tprop train` setting")
+    have = run.values.get(key, defaults[key])
+    wanted = [parse_literal(v.strip()) for v in values.split(",")]
+    return any(_same(have, w) for w in wanted)
+
+
+def _same(have: Any, want: Any) -> bool:
+    if isinstance(have, bool) or isinstance(want, bool):
+        return have is want
+    return have == want  # 1 == 1.0
+
+
+def select(runs: list[Run], filters: list[str]) -> list[Run]:
+    defaults = {**Config().to_dict(), "seed": None}
+    kept = [r for r in runs if all(_matches(r, f, defaults) for f in filters)]
+    if not kept:
+        raise GridError(f"--filter {' '.join(filters)} keeps none of the {len(runs)} runs")
+    return kept
+
+
+# ---------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Job:
+    run: Run
+    folder: Path
+    state: str  # done | resume | retry | new
+    args: list[str]  # `tprop train` arguments, without the program
+
+
+def disk_state(folder: Path) -> str:
+    if (folder / "summary.json").is_file():
+        return "done"
+    if (folder / "checkpoint.pt").is_file():
+        return "resume"
+    if folder.is_dir() and any(folder.iterdir()):
+        return "retry"
+    return "new"
+
+
+def flags(values: dict[str, Any]) -> list[str]:
+    out = []
+    for k, v in values.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(flag if v else "--no-" + flag[2:])
+        else:
+            out += [flag, grids.fmt_value(v)]
+    return out
+
+
+def check_same_config(folder: Path, values: dict[str, Any]) -> None:
+    """A run folder that already holds a run must hold this run (no silent mixing)."""
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    for k, v in values.items():
+        if k in saved and saved[k] != v and not (isinstance(v, float) and saved[k] == v):
+            raise GridError(
+                f"{folder} holds a run with {k}={saved[k]!r}, but the grid asks "
+                f"for {v!r}; use another --out (or remove that run folder)"
+            )
+
+
+def plan(runs: list[Run], out: Path, extra: dict[str, Any], ns: argparse.Namespace) -> list[Job]:
+    jobs = []
+    for r in runs:
+        folder = out / r.name
+        values = {**r.values, **extra}
+        check_same_config(folder, values)
+        state = disk_state(folder)
+        args = ["train", *flags(values), "--no-progress", "--out", str(folder)]
+        args += ["--data-dir", ns.data_dir] if ns.data_dir else []
+        args += ["--device", ns.device] if ns.device else []
+        args += {"resume": ["--resume"], "retry": ["--overwrite"]}.get(state, [])
+        jobs.append(Job(r, folder, state, args))
+    return jobs
+
+
+# ---------------------------------------------------------------------------- manifest
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def load_manifest(out: Path) -> dict[str, Any]:
+    try:
+        m = json.loads((out / "sweep.json").read_text())
+        if isinstance(m, dict) and isinstance(m.get("runs"), dict):
+            return m
+    except (OSError, ValueError):
+        pass
+    return {"grids": {}, "runs": {}}
+
+
+class Manifest:
+    """OUT/sweep.json: the grids run into the folder and every run's settings and state."""
+
+    def __init__(self, out: Path, grid: Grid, jobs: list[Job], extra: dict[str, Any]):
+        self.path = out / "sweep.json"
+        self.data = load_manifest(out)
+        self.data.setdefault("grids", {})[grid.name] = {
+            "description": grid.description,
+            "source": grid.source,
+            "notes": grid.notes,
+            "seeds": list(grid.seeds),
+            "set": extra,
+        }
+        runs = self.data.setdefault("runs", {})
+        for j in jobs:
+            runs[j.run.name] = {
+                "grid": grid.name,
+                "axes": j.run.axes,
+                "values": {**j.run.values, **extra},
+                "command": "tprop " + shlex.join(j.args),
+                "state": "finished" if j.state == "done" else "pending",
+            }
+
+    def set(self, name: str, state: str, returncode: int | None = None) -> None:
+        entry = self.data["runs"][name]
+        entry["state"] = state
+        entry.pop("returncode", None)
+        if returncode is not None:
+            entry["returncode"] = returncode
+        write_json(self.path, self.data)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def child_env(jobs: int) -> dict[str, str]:
+    """Threads per run = cores // jobs (unless OMP_NUM_THREADS is set); the same tprop."""
+    env = dict(os.environ)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (macOS, Windows)
+        cores = os.cpu_count() or 1
+    threads = env.get("OMP_NUM_THREADS") or str(max(1, cores // jobs))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # MKL follows OMP: same numbers
+        env.setdefault(var, threads)
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path):
+    """One sweep per folder at a time (the lock goes with the process)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    with open(out / ".sweep.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise GridError(
+                f"another `tprop sweep` is running in {out}; wait for it or use another --out"
+            ) from None
+        yield
+
+
+def run(ns: argparse.Namespace) -> int:
+    grid = grids.find(ns.grid)
+    if ns.show:
+        print(grids.to_toml(grid), end="")
+        return 0
+    if ns.jobs < 1:
+        raise GridError(f"--jobs must be >= 1 (got {ns.jobs})")
+    runs = grid.runs(parse_seeds(ns.seeds, grid.seeds))
+    extra = parse_set(ns.set, runs)
+    grids.check_values(grid, runs, {**extra, "device": ns.device or "auto"})
+    runs = select(runs, ns.filter)
+    out = Path(ns.out or Path("runs") / grid.name)
+    if out.exists() and not out.is_dir():
+        raise GridError(f"--out {out} exists and is not a folder")
+    jobs = plan(runs, out, extra, ns)
+    if ns.print_commands:
+        for j in jobs:
+            if j.state != "done":
+                print("tprop " + shlex.join(j.args))
+        return 0
+    if ns.dry_run:
+        return dry_run(grid, jobs, out)
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        manifest = Manifest(out, grid, jobs, extra)
+        write_json(manifest.path, manifest.data)
+        from tprop.sweep_runner import Runner
+
+        return Runner(grid.name, jobs, manifest, ns.jobs, child_env(ns.jobs)).run()
+
+
+def dry_run(grid: Grid, jobs: list[Job], out: Path) -> int:
+    what = {"done": "finished, skip", "resume": "resume", "retry": "retry", "new": "start"}
+    for j in jobs:
+        print(f"{what[j.state]:15s} {j.run.name}")
+    counts = {s: sum(j.state == s for j in jobs) for s in what}
+    print(
+        f"{grid.name}: {len(jobs)} runs into {out}: {counts['done']} finished, "
+        f"{counts['resume']} to resume, {counts['retry']} to retry, {counts['new']} to start"
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from tprop.cli import main
+
+    sys.exit(main([NAME, *sys.argv[1:]]))

@@ -1,0 +1,177 @@
+"""The sweep's scheduler: `--jobs` `tprop train` subprocesses, their states, a progress line.
+
+A run ends finished (exit 0), diverged (exit 3: a result, with summary.json), interrupted
+(130/143: checkpointed, resumable) or failed (anything else; its output is in its stdout.log).
+Runs start in their own session, so a terminal's Ctrl-C reaches only the sweep, which passes
+each SIGINT/SIGTERM it gets to every running run exactly once: the first makes a run
+checkpoint and stop, a second stops it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from tprop.sweep import FAILED_EXIT, Job, Manifest
+
+POLL_S = 0.1
+INTERRUPTED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
+
+
+@dataclass
+class Active:
+    job: Job
+    proc: subprocess.Popen
+    log: IO[str]
+    t0: float = field(default_factory=time.time)
+
+
+def fmt_duration(s: float) -> str:
+    s = int(round(s))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def last_line(path) -> str:
+    try:
+        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
+class Runner:
+    def __init__(
+        self, grid: str, jobs: list[Job], manifest: Manifest, n_jobs: int, env: dict[str, str]
+    ):
+        self.todo = [j for j in jobs if j.state != "done"]
+        self.total, self.n_jobs, self.env, self.manifest = len(jobs), n_jobs, env, manifest
+        self.grid = grid
+        self.done = self.total - len(self.todo)
+        self.counts = {"finished": 0, "diverged": 0, "failed": 0, "interrupted": 0}
+        self.failed: list[str] = []
+        self.active: dict[str, Active] = {}
+        self.durations: list[float] = []
+        self.signum: int | None = None
+
+    # ---- signals
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for a in self.active.values():
+            with contextlib.suppress(ProcessLookupError):
+                a.proc.send_signal(signum)
+
+    @contextlib.contextmanager
+    def _signals(self):
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, self._handle)
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    # ---- the loop
+    def run(self) -> int:
+        skipped = self.done
+        self._say(
+            f"{self.total} runs, {skipped} already finished, {len(self.todo)} to do, "
+            f"{self.n_jobs} at a time"
+        )
+        with self._signals():
+            while (self.todo and self.signum is None) or self.active:
+                while self.todo and self.signum is None and len(self.active) < self.n_jobs:
+                    self._launch(self.todo.pop(0))
+                time.sleep(POLL_S)
+                for name in [n for n, a in self.active.items() if a.proc.poll() is not None]:
+                    self._reap(self.active.pop(name))
+        return self._finish()
+
+    def _launch(self, job: Job) -> None:
+        job.folder.mkdir(parents=True, exist_ok=True)
+        args = list(job.args)
+        if job.state == "new":  # the folder now holds stdout.log: not empty for `train`
+            args.append("--overwrite")
+        log = open(job.folder / "stdout.log", "a")
+        log.write(f"$ tprop {shlex.join(args)}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tprop.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )
+        self.active[job.run.name] = Active(job, proc, log)
+        self.manifest.set(job.run.name, "running")
+        verb = {"resume": "resuming", "retry": "retrying"}.get(job.state, "started")
+        self._say(f"{verb} {job.run.name}")
+
+    def _reap(self, a: Active) -> None:
+        a.log.close()
+        rc, name = a.proc.returncode, a.job.run.name
+        has_summary = (a.job.folder / "summary.json").is_file()
+        if rc in (0, 3) and has_summary:
+            state = "finished" if rc == 0 else "diverged"
+            self.done += 1
+            self.durations.append(time.time() - a.t0)
+            what = f"{state} {name} ({fmt_duration(time.time() - a.t0)})"
+        elif rc in INTERRUPTED:
+            state = "interrupted"
+            what = f"interrupted {name}: checkpointed, resumes on the next sweep"
+        else:
+            state = "failed"
+            self.failed.append(name)
+            what = f"FAILED {name} (exit {rc}): {last_line(a.job.folder / 'stdout.log')}"
+        self.counts[state] += 1
+        self.manifest.set(name, state, None if state == "finished" else rc)
+        self._say(what)
+
+    def _eta(self) -> str:
+        if not self.durations:
+            return "time left unknown"
+        mean = sum(self.durations) / len(self.durations)
+        left = mean * (len(self.todo) + 0.5 * len(self.active)) / self.n_jobs
+        return f"~{fmt_duration(left)} left"
+
+    def _say(self, what: str) -> None:
+        print(
+            f"[{self.grid}] {self.done}/{self.total} done, {len(self.active)} running, "
+            f"{self.counts['failed']} failed, {self._eta()} | {what}",
+            flush=True,
+        )
+
+    def _finish(self) -> int:
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            print(
+                f"sweep stopped by {name}: {self.counts['interrupted']} runs checkpointed, "
+                f"{len(self.todo)} not started; run the same command again to continue",
+                file=sys.stderr,
+            )
+            return 128 + self.signum
+        summary = (
+            f"sweep {self.grid}: {self.done}/{self.total} runs finished "
+            f"({self.counts['diverged']} diverged)"
+        )
+        if self.failed or self.counts["interrupted"]:
+            print(
+                f"{summary}; {len(self.failed)} failed, {self.counts['interrupted']} "
+                f"interrupted: {', '.join(self.failed) or '-'} (see their stdout.log; rerun "
+                "the sweep to retry)",
+                file=sys.stderr,
+            )
+            return FAILED_EXIT
+        print(summary)
+        return 0

@@ -1,0 +1,366 @@
+"""`tprop sweep`: grids, names, the plan, and real sweeps of tiny runs (run, skip, resume, fail)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tprop import grids
+from tprop.cli import main
+from tprop.sweep import flags
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY = """
+name = "tiny"
+description = "a tiny grid"
+seeds = [1]
+
+[common]
+dataset = "ptb"
+hidden = 16
+batch_size = 4
+epochs = 2
+h_lr = 0.001
+lam = 0.1
+
+[[group]]
+method = "admm"
+block_size = 5
+h_steps = [1, 2]
+
+[[group]]
+method = "bptt"
+bptt = 5
+"""
+SUMMARY = (
+    "best_valid_ppl",
+    "best_epoch",
+    "final_valid_ppl",
+    "valid_ppl_history",
+    "test_ppl",
+    "epochs",
+    "stop_reason",
+)
+
+
+def write_grid(tmp_path: Path, text: str = TINY, name: str = "grid.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def sweep(*args: str) -> int:
+    return main(["sweep", *map(str, args)])
+
+
+def summary(run: Path) -> dict:
+    s = json.loads((run / "summary.json").read_text())
+    return {k: s.get(k) for k in SUMMARY}
+
+
+def epochs(run: Path) -> list[dict]:
+    timing = {"time/wall_s", "train/tokens_per_s", "train/epoch_s"}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in timing} for r in rows if r["event"] == "epoch"]
+
+
+# ---------------------------------------------------------------------------- grids
+
+
+def test_builtin_grids_expand_to_valid_named_runs():
+    sizes = {name: len(g.runs()) for name, g in grids.BUILTIN.items()}
+    assert sizes == {
+        "table1-minibatch-ptb": 36,
+        "table1-batch-ptb": 36,
+        "table1-text8": 36,
+        "table2": 9,
+        "figure3": 36,
+        "table3": 9,
+        "table4": 15,
+    }
+    for g in grids.BUILTIN.values():
+        runs = g.runs()
+        grids.check_values(g, runs, {})  # every run is a valid `tprop train` config
+        assert len({r.name for r in runs}) == len(runs)
+    names = [r.name for r in grids.BUILTIN["table1-minibatch-ptb"].runs()]
+    assert names[:2] == ["admm_B5_h1_s1111", "admm_B5_h2_s1111"] and "bptt_K20_s3333" in names
+    t1 = {r.name: r.values for r in grids.BUILTIN["table1-minibatch-ptb"].runs()}
+    protocol = {
+        "dataset": "ptb",
+        "hidden": 100,
+        "batch_size": 32,
+        "lr": 0.1,
+        "clip": 0.5,
+        "epochs": 10,
+        "patience": 3,
+        "preset": "tprnn",
+        "h_lr": 0.001,
+        "lam": 0.1,
+        "u_lr": 0.1,
+        "method": "admm",
+        "block_size": 20,
+        "h_steps": 1,
+        "seed": 1111,
+    }
+    assert protocol.items() <= t1["admm_B20_h1_s1111"].items()
+    assert "lam" not in t1["bptt_K20_s1111"]  # TP-only common keys are left out of BPTT runs
+    assert (
+        grids.run_name("admm", {"block_size": 20, "h_steps": 1, "h_lr": 0.001, "lam": 0.1}, 1111)
+        == "admm_B20_h1_hlr0.001_lam0.1_s1111"
+    )
+
+
+def test_toml_round_trip_and_a_new_axis_needs_no_code(tmp_path):
+    for g in grids.BUILTIN.values():
+        back = grids.load_toml(write_grid(tmp_path, grids.to_toml(g), f"{g.name}.toml"))
+        assert [r.values for r in back.runs()] == [r.values for r in g.runs()]
+    # any `tprop train` setting is an axis: here eval_batch_size, with its name in run names
+    g = grids.load_toml(write_grid(tmp_path, TINY + "eval_batch_size = [5, 10]\n"))
+    assert [r.name for r in g.runs()][-2:] == [
+        "bptt_K5_evalbatchsize5_s1",
+        "bptt_K5_evalbatchsize10_s1",
+    ]
+
+
+def test_dry_run_print_commands_filter_seeds_set(tmp_path, capsys):
+    grid = write_grid(tmp_path)
+    out = tmp_path / "out"
+    assert sweep(grid, "--out", out, "--dry-run", "--seeds", "2") == 0
+    text = capsys.readouterr().out
+    assert "start           admm_B5_h1_s2222" in text and "6 runs into" in text
+    assert not out.exists()  # a dry run writes nothing
+    assert (
+        sweep(
+            grid,
+            "--out",
+            out,
+            "--print-commands",
+            "--filter",
+            "method=admm",
+            "--filter",
+            "h_steps=2,5",
+            "--seeds",
+            "7,",
+            "--set",
+            "epochs=3",
+            "--data-dir",
+            "D",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"tprop train --dataset ptb --hidden 16 --batch-size 4 --epochs 3 "
+        f"--h-lr 0.001 --lam 0.1 --method admm --block-size 5 --h-steps 2 --seed 7 "
+        f"--no-progress --out {out}/admm_B5_h2_s7 --data-dir D --device cpu"
+    ]
+    assert sweep(grid, "--out", out, "--print-commands", "--filter", "bptt_*") == 0
+    assert capsys.readouterr().out.count("tprop train") == 1
+    assert not out.exists()
+    assert sweep("table3", "--show") == 0
+    assert "h_lr = [0.1, 0.01, 0.001]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["no-such-grid"], "unknown grid 'no-such-grid'"),
+        (["{bad}"], "is not valid TOML"),
+        (["{missing}"], "does not exist"),
+        (["{unknown_key}"], "unknown setting 'hiden'"),
+        (["{control_key}"], "'out' is set by `tprop sweep` itself"),
+        (["{grid}", "--set", "block_size=10"], "is an axis of the grid"),
+        (["{grid}", "--set", "nonsense"], "expected KEY=VALUE"),
+        (["{grid}", "--filter", "method=alm"], "keeps none of the 3 runs"),
+        (["{grid}", "--filter", "colour=red"], "'colour' is not a `tprop train` setting"),
+        (["{grid}", "--seeds", "x"], "--seeds 'x'"),
+        (["{grid}", "--jobs", "0"], "--jobs must be >= 1"),
+        (["{grid}", "--set", "lr=-1"], "run admm_B5_h1_s1: --lr must be a positive number"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
+    files = {
+        "grid": write_grid(tmp_path),
+        "bad": write_grid(tmp_path, "name = [", "bad.toml"),
+        "missing": tmp_path / "missing.toml",
+        "unknown_key": write_grid(tmp_path, "[common]\nhiden = 3\n", "u.toml"),
+        "control_key": write_grid(tmp_path, "[common]\nout = 'x'\n", "c.toml"),
+    }
+    code = sweep(*(a.format(**files) for a in args), "--out", tmp_path / "out", "--dry-run")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+
+
+# ---------------------------------------------------------------------------- real sweeps
+
+
+def test_sweep_runs_records_a_failure_then_skips_finished_runs(tmp_path, tiny_data, capsys):
+    grid = write_grid(
+        tmp_path,
+        TINY.replace("h_steps = [1, 2]", "h_steps = 1").replace(
+            "block_size = 5", "block_size = [5, 100000]"
+        ),
+    )  # B = 100000 fails: longer than the data
+    out, bad = tmp_path / "out", "admm_B100000_h1_s1"
+    args = [grid, "--out", out, "--data-dir", tiny_data, "--device", "cpu", "--jobs", "2"]
+    assert sweep(*args) == 1  # non-zero: a run failed, the others finished
+    captured = capsys.readouterr()
+    assert f"FAILED {bad} (exit 2)" in captured.out and "3/3 done" not in captured.out
+    assert "2/3 done, 0 running, 1 failed" in captured.out
+    assert "1 failed, 0 interrupted: admm_B100000_h1_s1 (see their stdout.log" in captured.err
+    good = ["admm_B5_h1_s1", "bptt_K5_s1"]
+    assert all((out / n / "summary.json").is_file() for n in good)
+    assert not (out / bad / "summary.json").exists()
+    assert "block-size" in (out / bad / "stdout.log").read_text()
+    log = (out / "bptt_K5_s1" / "stdout.log").read_text()
+    assert log.startswith("$ tprop train ") and "test ppl" in log
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["grids"]["tiny"]["source"] == str(grid)
+    states = {n: (r["state"], r.get("returncode")) for n, r in manifest["runs"].items()}
+    assert states == {good[0]: ("finished", None), bad: ("failed", 2), good[1]: ("finished", None)}
+    assert manifest["runs"][good[0]]["axes"] == {
+        "method": "admm",
+        "h_steps": 1,
+        "block_size": 5,
+        "seed": 1,
+    }
+    # a rerun starts nothing that finished, and would retry the failed run
+    assert sweep(*args, "--filter", "block_size=5") == 0
+    assert "1 already finished, 0 to do" in capsys.readouterr().out
+    assert sweep(*args, "--filter", "method=bptt") == 0
+    assert "1 already finished, 0 to do" in capsys.readouterr().out
+    assert (out / "bptt_K5_s1" / "stdout.log").read_text() == log
+    assert sweep(*args, "--dry-run") == 0
+    text = capsys.readouterr().out
+    assert f"retry           {bad}" in text and "2 finished, 0 to resume, 1 to retry" in text
+    assert main(["report", str(out), "--no-figures"]) == 0  # the failure is listed
+    assert f"{bad},failed,,,,,exit 2:" in (out / "runs.csv").read_text()
+
+
+def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_exactly(tmp_path, tiny_data):
+    grid = write_grid(
+        tmp_path,
+        TINY.replace(
+            "epochs = 2",
+            "epochs = 6\npatience = 0\ncheckpoint_every = 0.0005\ndeterministic = true",
+        ).replace("h_steps = [1, 2]", "h_steps = 2"),
+    )
+    out, run = tmp_path / "out", tmp_path / "out" / "admm_B5_h2_s1"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tprop.cli",
+        "sweep",
+        str(grid),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(tiny_data),
+        "--device",
+        "cpu",
+        "--filter",
+        "method=admm",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (run / "checkpoint.pt").exists() and proc.poll() is None and time.time() - t0 < 60:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "sweep stopped by SIGINT: 1 runs checkpointed" in err
+    assert (run / "checkpoint.pt").is_file() and not (run / "summary.json").exists()
+    assert json.loads((out / "sweep.json").read_text())["runs"][run.name]["state"] == "interrupted"
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0 and "resuming admm_B5_h2_s1" in rerun.stdout, rerun.stderr
+    assert "--resume" in (run / "stdout.log").read_text()
+    ref = tmp_path / "ref"  # the same run, uninterrupted
+    values = json.loads((out / "sweep.json").read_text())["runs"][run.name]["values"]
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tprop.cli",
+            "train",
+            *flags(values),
+            "--no-progress",
+            "--out",
+            str(ref),
+            "--data-dir",
+            str(tiny_data),
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert summary(run) == summary(ref)
+    assert epochs(run) == epochs(ref)
+
+
+def write_tiny_text8(root: Path, n_train: int = 3000, n_valid: int = 400) -> tuple[int, int]:
+    """A file in text8's format (one line of words, single spaces) and its character split."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(30)]
+    train = " " + " ".join(rng.choice(words) for _ in range(n_train))
+    valid = " " + " ".join(rng.choice(words) for _ in range(n_valid))
+    (root / "text8").mkdir(parents=True)
+    (root / "text8" / "text8").write_text(train + valid)
+    return len(train), len(valid)
+
+
+def test_table1_text8_grid_runs_end_to_end_on_a_small_text8_file(tmp_path, monkeypatch, capsys):
+    """The built-in text8 grid (12 cells, one seed, one epoch) on a small file in text8's
+    format, then its report. The real protocol splits 99M/1M characters; the loader has no
+    protocol for a small file, so the runs see TEXT8_SPLITS['99m-1m'] patched to this file's
+    split (a sitecustomize on PYTHONPATH, read by every `tprop train` the sweep starts)."""
+    data = tmp_path / "data"
+    n_train, n_valid = write_tiny_text8(data)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        f"import tprop.data\ntprop.data.TEXT8_SPLITS['99m-1m'] = ({n_train}, {n_valid})\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), str(SRC)]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "text8"
+    assert (
+        sweep(
+            "table1-text8",
+            "--out",
+            out,
+            "--data-dir",
+            data,
+            "--device",
+            "cpu",
+            "--seeds",
+            "1111,",
+            "--set",
+            "epochs=1",
+            "--jobs",
+            "2",
+        )
+        == 0
+    ), capsys.readouterr().err
+    assert "12/12 runs finished" in capsys.readouterr().out
+    assert main(["report", str(out), "--markdown-only"]) == 0
+    text = capsys.readouterr().out
+    assert "### Table 1: validation perplexity — Minibatch Text8" in text
+    row = next(x for x in text.splitlines() if x.startswith("| H-steps = 1 |"))
+    assert row.count("(1) · ") == 3 and "· 242.02 ·" in row and "· 205.67 ·" in row
+    assert "differs from the paper's protocol: epochs = 1 (protocol 10)" in text
