@@ -4,7 +4,8 @@ A run ends finished (exit 0), diverged (exit 3: a result, with summary.json), in
 (130/143: checkpointed, resumable) or failed (anything else; its output is in its stdout.log).
 Runs start in their own session, so a terminal's Ctrl-C reaches only the sweep, which passes
 each SIGINT/SIGTERM it gets to every running run exactly once: the first makes a run
-checkpoint and stop, a second stops it at once.
+checkpoint and stop, a second stops it at once. On Linux a run also gets SIGTERM when the sweep
+dies without passing anything on (SIGKILL).
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def last_line(path) -> str:
     except OSError:
         return ""
     return lines[-1][:200] if lines else ""
+
+
+def _die_with_sweep() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: a run gets SIGTERM (checkpoint, exit 143) if the sweep itself is killed, so no
+    orphan keeps writing into a folder that the next sweep resumes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class Runner:
@@ -112,6 +124,7 @@ class Runner:
             stdin=subprocess.DEVNULL,
             env=self.env,
             start_new_session=True,
+            preexec_fn=_die_with_sweep if sys.platform == "linux" else None,
         )
         self.active[job.run.name] = Active(job, proc, log)
         self.manifest.set(job.run.name, "running")
