@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tprop import paper
 from tprop.config import ConfigError, build, field_types, resolve
 
 if sys.version_info >= (3, 11):
@@ -267,16 +268,10 @@ def to_toml(grid: Grid) -> str:
 
 # ---------------------------------------------------------------------------- built in
 
-PROTOCOL = dict(
-    dataset="ptb",
-    hidden=100,
-    batch_size=32,
-    optim="adagrad",
-    lr=0.1,
-    clip=0.5,
-    epochs=10,
-    patience=3,
-)
+PROTOCOL = {
+    "dataset": "ptb",
+    **{k: v for k, v in paper.PROTOCOL.items() if k not in ("train_limit", "eval_limit")},
+}
 """The paper's protocol: GRU 100, batch 32, Adagrad θ-lr 0.1, clip 0.5, best epoch within 10."""
 ADMM_START = dict(preset="tprnn", h_lr=0.001, lam=0.1, u_lr=0.1)
 """ADMM start point (docs/results/ptb-b20: the best point of the h-lr × λ grid on PTB B = 20)."""
