@@ -19,7 +19,9 @@ from tprop.batching import batchify
 from tprop.btprop import BlockTP
 from tprop.config import build, resolve
 from tprop.model import RNNLM
-from tprop.train import TruncatedBPTT, build_method, build_model, make_optimizer
+from tprop.bptt import TruncatedBPTT
+from tprop.checkpoint import seed_everything
+from tprop.train import build_method, build_model, make_optimizer
 
 V, D = 23, 7
 
@@ -245,6 +247,7 @@ def test_golden_first_losses(name):
     if name != "bptt":
         kw = {**kw, "block_size": 5, "h_lr": 0.01, "h_steps": 2}
     cfg = resolve(build({"dtype": "float64", "hidden": 8, "batch_size": 4, "seed": 7, **kw}))
+    seed_everything(cfg.seed)
     model = build_model(cfg, 23, torch.device("cpu"))
     method = build_method(cfg, model, make_optimizer(cfg, model), ids)
     method.start_epoch()

@@ -49,6 +49,16 @@ def window(data: Tensor, i: int, k: int) -> tuple[Tensor, Tensor]:
     return data[i * k: (i + 1) * k], data[i * k + 1: (i + 1) * k + 1]
 
 
+def layout_shape(layout: str, batch_size: int) -> tuple[int, int]:
+    """(S streams, R rows per step) of a minibatch layout (see the module docstring)."""
+    return (batch_size, 1) if layout == "streams" else (1, batch_size)
+
+
+def n_block_rows(data: Tensor, block: int) -> int:
+    """Full block rows of the grid (each needs one extra row for its targets)."""
+    return n_windows(data, block)
+
+
 def block_rows(data: Tensor, row0: int, n_rows: int, block: int) -> tuple[Tensor, Tensor]:
     """Block rows [row0, row0 + n_rows) as columns: inputs and targets (B, n_rows·S)."""
     s = data.shape[1]

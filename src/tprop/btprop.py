@@ -1,9 +1,9 @@
-"""Blocked target propagation: the method table, the block state and one training step.
+"""Blocked target propagation: the block state (Z, U, carried state) and one training step.
 
-PM, ADMM and ALM are rows of one table (`METHODS`), not three programs. A *step* takes the block
-rows [a, b) of the block grid (see `tprop.batching`): a minibatch in minibatch mode, the whole
-training set in batch mode. Inside it, the R = b − a block rows × S streams run as R·S columns of
-one recurrent call of time depth B; the free states of the step are
+PM, ADMM and ALM are rows of `tprop.methods.METHODS`, not three programs. A *step* takes the
+block rows [a, b) of the block grid (see `tprop.batching`): a minibatch in minibatch mode, the
+whole training set in batch mode. Inside it, the R = b − a block rows × S streams run as R·S
+columns of one recurrent call of time depth B; the free states of the step are
 
     z: (R+1, S, D)   z[r] starts block row r; z[R] is the target after the last row
     u: (R, S, D)     u[r] is the dual of the constraint z[r+1] = e[r]
@@ -13,12 +13,13 @@ step fits in memory; the result does not depend on the chunking.
 
 One step (paper §3, with the placements of the released code as switches):
 
-    init Z (chained | zero_start | zero), or reuse the persisted Z
+    init Z (chained | zero_start | zero), or reuse the persisted Z; load U
     [dual step]                    if dual_placement == before_h
     H-steps on Z, θ fixed          (ALM: joint steps on Z and θ)
     [dual step]                    if dual_placement == before_theta
     θ-steps, Z fixed               (not for ALM)
     [dual step]                    if dual_placement == after_theta
+    store Z, U; carry e of the last row into the next step
 """
 
 from __future__ import annotations
@@ -28,58 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tprop.batching import block_rows
-from tprop.config import Config
+from tprop.batching import batchify, block_rows, layout_shape, n_block_rows
+from tprop.config import Config, ConfigError
+from tprop.methods import theta_update
 from tprop.model import RNNLM
-from tprop.objective import lagrangian, nll_sum, penalty, residuals
-
-
-@dataclass(frozen=True)
-class MethodRow:
-    duals: bool   # u is stepped by dual ascent
-    joint: bool   # Z and θ are stepped together from one backward (ALM)
-
-
-METHODS = {
-    "pm": MethodRow(duals=False, joint=False),
-    "admm": MethodRow(duals=True, joint=False),
-    "alm": MethodRow(duals=True, joint=True),
-}
-
-
-@dataclass(frozen=True)
-class TPSettings:
-    """The flat arguments of a BlockTP, built from a resolved Config by `settings`."""
-
-    row: MethodRow
-    block: int
-    lam: float
-    u_lr: float
-    u_start_epoch: int
-    h_steps: int
-    h_lr: float
-    h_optim: str
-    h_eps: float
-    theta_steps: int
-    clip: float
-    z_init: str
-    z_first: str
-    z_last: str
-    persist_u: bool
-    persist_z: bool
-    dual_placement: str
-    loss_scale: str
-    chunk_tokens: int
-
-
-def settings(cfg: Config) -> TPSettings:
-    return TPSettings(
-        row=METHODS[cfg.method], block=cfg.block_size, lam=cfg.lam, u_lr=cfg.u_lr,
-        u_start_epoch=cfg.u_start_epoch, h_steps=cfg.h_steps, h_lr=cfg.h_lr,
-        h_optim=cfg.h_optim, h_eps=cfg.h_eps, theta_steps=cfg.theta_steps, clip=cfg.clip,
-        z_init=cfg.z_init, z_first=cfg.z_first, z_last=cfg.z_last, persist_u=cfg.persist_u,
-        persist_z=cfg.persist_z, dual_placement=cfg.dual_placement, loss_scale=cfg.loss_scale,
-        chunk_tokens=cfg.chunk_tokens)
+from tprop.objective import CONSTRAINTS, lagrangian, nll_sum, residuals
 
 
 class HOptimizer:
@@ -103,37 +57,193 @@ class HOptimizer:
 class Pass:
     """What one (chunked) forward/backward over a step's rows produced."""
 
-    loss: Tensor          # L_aug (scaled), scalar
-    nll: Tensor           # Σ NLL, scalar
-    e: Tensor             # (R, S, D) block-end states, detached
-    residual: Tensor      # mean ‖z_{j+1} − e_j‖ over active constraints
-    grad_z: Tensor | None
+    loss: Tensor  # L_aug (scaled), scalar
+    nll: Tensor  # Σ NLL, scalar
+    e: Tensor  # (R, S, D) block-end states, detached
+    residual: Tensor  # mean ‖z_{j+1} − e_j‖ over active constraints
+    grad_z: Tensor | None  # (R+1, S, D) ∂L/∂z, when asked for
 
 
 class BlockTP:
-    """Block state (Z, U, carried state) and the training step of PM / ADMM / ALM."""
+    """`Method` for PM / ADMM / ALM: block state (Z, U, carried state) and the step."""
 
-    def __init__(self, model: RNNLM, optimizer: torch.optim.Optimizer, data: Tensor,
-                 s: TPSettings, rows_per_step: int):
-        self.model, self.opt, self.data, self.s = model, optimizer, data, s
-        self.n_streams = data.shape[1]
-        self.n_rows = (data.shape[0] - 1) // s.block  # full block rows of the grid
-        self.rows_per_step = rows_per_step
-        self.chunk_rows = max(1, s.chunk_tokens // (s.block * self.n_streams))
+    def __init__(self, model: RNNLM, optimizer: torch.optim.Optimizer, train_ids: Tensor,
+                 cfg: Config):
+        self.model, self.opt, self.cfg, self.row = model, optimizer, cfg, cfg.row
+        streams, rows = layout_shape(cfg.layout, cfg.batch_size)
+        self.data = batchify(train_ids, streams)  # (T, S)
+        self.n_streams = streams
+        self.n_rows = n_block_rows(self.data, cfg.block_size)
+        if self.n_rows < 1:
+            raise ConfigError(
+                f"--block-size {cfg.block_size} is longer than the training data per stream "
+                f"({self.data.shape[0]} tokens); lower --block-size (or --batch-size with "
+                "streams)")
+        self.rows_per_step = self.n_rows if cfg.full_batch else rows
+        self.chunk_rows = max(1, cfg.chunk_tokens // (cfg.block_size * streams))
+        like = dict(dtype=model.decoder.weight.dtype, device=model.decoder.weight.device)
         d = model.state_size
-        w = model.decoder.weight
-        like = dict(dtype=w.dtype, device=w.device)
-        self.carry = torch.zeros(self.n_streams, d, **like)
+        self.carry = torch.zeros(streams, d, **like)
         # Dataset-sized U and Z exist only when they persist across steps.
-        self.U = torch.zeros(self.n_rows, self.n_streams, d, **like) if s.persist_u else None
-        self.Z = torch.zeros(self.n_rows + 1, self.n_streams, d, **like) if s.persist_z else None
-        self.z_ready = torch.zeros(self.n_rows, dtype=torch.bool) if s.persist_z else None
+        self.U = torch.zeros(self.n_rows, streams, d, **like) if cfg.persist_u else None
+        self.Z = torch.zeros(self.n_rows + 1, streams, d, **like) if cfg.persist_z else None
+        self.z_ready = torch.zeros(self.n_rows, dtype=torch.bool) if cfg.persist_z else None
 
-    # ---- bookkeeping ---------------------------------------------------------------------
+    # ---- the step ------------------------------------------------------------------------
+    def step(self, a: int, b: int, epoch: int) -> dict[str, Tensor]:
+        """Train on block rows [a, b); return device scalars for the metrics."""
+        cfg = self.cfg
+        x, y = block_rows(self.data, a, b - a, cfg.block_size)  # (B, R·S) each
+        z, u = self.load_z(a, b, x), self.load_u(a, b)
+        dual = cfg.dual_placement if self.row.duals and epoch >= cfg.u_start_epoch else None
+
+        if dual == "before_h":
+            u = self.dual_step(x, z, u)
+        h_passes = self.h_steps(x, y, z, u)
+        if dual == "before_theta":
+            u = self.dual_step(x, z, u)
+        theta_passes = [] if self.row.joint else self.theta_steps(x, y, z, u)
+        if dual == "after_theta":
+            u = self.dual_step(x, z, u)
+
+        last = (h_passes + theta_passes)[-1]
+        self.store(a, b, z, u, last.e)
+        return self.stats(h_passes, theta_passes, u)
+
+    def h_steps(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor) -> list[Pass]:
+        """H-steps on z in place, θ fixed; ALM steps θ too, from the same backward."""
+        cfg, joint, passes = self.cfg, self.row.joint, []
+        h_opt = HOptimizer(cfg.h_optim, cfg.h_lr, cfg.h_eps)
+        for _ in range(cfg.h_steps):
+            if joint:
+                self.opt.zero_grad(set_to_none=True)
+            p = self.forward_backward(x, y, z, u, grad_z=True, grad_theta=joint)
+            if cfg.z_first == "fixed":
+                p.grad_z[0] = 0
+            h_opt.step(z, p.grad_z)
+            if joint:
+                theta_update(self.model, self.opt, cfg.clip)
+            passes.append(p)
+        return passes
+
+    def theta_steps(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor) -> list[Pass]:
+        """θ-steps with Z fixed."""
+        passes = []
+        for _ in range(self.cfg.theta_steps):
+            self.opt.zero_grad(set_to_none=True)
+            passes.append(self.forward_backward(x, y, z, u, grad_z=False, grad_theta=True))
+            theta_update(self.model, self.opt, self.cfg.clip)
+        return passes
+
+    def dual_step(self, x: Tensor, z: Tensor, u: Tensor) -> Tensor:
+        """u ← u + α_u ∂L_aug/∂u at the current Z and θ (gradient ascent, paper §3)."""
+        R = z.shape[0] - 1
+        k = self._active(0, R, R)
+        with torch.no_grad():
+            e = self.end_states(x, z)
+        uv = u.detach().clone().requires_grad_()
+        L = self.l_aug(z.new_zeros(()), z[1:k + 1], e[:k], uv[:k], n_blocks=R * self.n_streams)
+        (g,) = torch.autograd.grad(L, uv)
+        return (u + self.cfg.u_lr * g).detach()
+
+    # ---- L_aug ---------------------------------------------------------------------------
+    def l_aug(self, nll: Tensor, z_next: Tensor, e: Tensor, u: Tensor, n_blocks: int) -> Tensor:
+        """L_aug of paper Eq. 7 (scaled by ``loss_scale``) with the configured constraint: the
+        one place it is assembled, for the H-, θ- and dual steps alike."""
+        cfg = self.cfg
+        pen = CONSTRAINTS[cfg.constraint](z_next, e, u, cfg.lam, self.model.decoder)
+        return lagrangian(nll, pen, block_size=cfg.block_size, n_blocks=n_blocks,
+                          scale=cfg.loss_scale)
+
+    def forward_backward(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor, *, grad_z: bool,
+                         grad_theta: bool) -> Pass:
+        """L_aug over a step's rows, in chunks, accumulating ∂L/∂z and/or ∂L/∂θ."""
+        n = self.n_streams
+        R = z.shape[0] - 1
+        gz = torch.zeros_like(z) if grad_z else None
+        e_all = torch.empty_like(z[1:])
+        loss = nll_tot = res_tot = z.new_zeros(())
+        n_active = 0
+        for a, b in self._chunks(R):
+            zc = z[a:b + 1].detach().requires_grad_(grad_z)
+            cols = slice(a * n, b * n)
+            logits, e = self.model(x[:, cols], zc[:-1].reshape((b - a) * n, -1))
+            e = e.view(b - a, n, -1)  # (rows, S, D)
+            k = self._active(a, b, R)
+            nll = nll_sum(logits, y[:, cols])
+            L = self.l_aug(nll, zc[1:k + 1], e[:k], u[a:a + k], n_blocks=R * n)
+            if grad_theta:
+                L.backward()
+                if grad_z:
+                    gz[a:b + 1] += zc.grad
+            elif grad_z:
+                gz[a:b + 1] += torch.autograd.grad(L, zc)[0]
+            e_all[a:b] = e.detach()
+            loss = loss + L.detach()
+            nll_tot = nll_tot + nll.detach()
+            r = residuals(zc[1:k + 1], e[:k]).detach()
+            res_tot = res_tot + torch.linalg.vector_norm(r, dim=-1).sum()
+            n_active += k * n
+        return Pass(loss, nll_tot, e_all, res_tot / max(n_active, 1), gz)
+
+    # ---- block state ---------------------------------------------------------------------
+    def load_z(self, a: int, b: int, x: Tensor) -> Tensor:
+        if self.Z is not None and bool(self.z_ready[a:b].all()):
+            return self.Z[a:b + 1].clone()
+        return self.init_z(x)
+
+    def load_u(self, a: int, b: int) -> Tensor:
+        if self.U is not None:
+            return self.U[a:b].clone()
+        return torch.zeros(b - a, self.n_streams, self.model.state_size, dtype=self.carry.dtype,
+                           device=self.carry.device)
+
+    def store(self, a: int, b: int, z: Tensor, u: Tensor, e: Tensor) -> None:
+        if self.U is not None:
+            self.U[a:b] = u
+        if self.Z is not None:
+            self.Z[a:b + 1] = z
+            self.z_ready[a:b] = True
+        self.carry = e[b - a - 1].clone()  # end state of the last row, from the last forward
+
+    @torch.no_grad()
+    def init_z(self, x: Tensor) -> Tensor:
+        """Free states for a step's R rows from the current θ (paper §4.1), (R+1, S, D)."""
+        n, how = self.n_streams, self.cfg.z_init
+        R = x.shape[1] // n
+        z = self.model.zero_state((R + 1) * n).view(R + 1, n, -1)
+        if how == "zero":
+            return z
+        z[0] = self.carry
+        if how == "chained":  # z_{j+1} = e_j: one forward pass through the rows
+            for r in range(R):
+                _, z[r + 1] = self.model.states(x[:, r * n:(r + 1) * n], z[r])
+        elif how == "zero_start" and R > 1:
+            # The released code's -mb_init: every block run from a zero state in parallel; the
+            # end state of block j becomes z_{j+1}; z_R stays 0.
+            for a, b in self._chunks(R - 1):
+                cols = slice(a * n, b * n)
+                _, e = self.model.states(x[:, cols], self.model.zero_state((b - a) * n))
+                z[a + 1:b + 1] = e.view(b - a, n, -1)
+        return z
+
+    def end_states(self, x: Tensor, z: Tensor) -> Tensor:
+        """e_j of every row from the starts z_j, (R, S, D)."""
+        n = self.n_streams
+        e = torch.empty_like(z[1:])
+        for a, b in self._chunks(z.shape[0] - 1):
+            _, ec = self.model.states(x[:, a * n:b * n], z[a:b].reshape((b - a) * n, -1))
+            e[a:b] = ec.view(b - a, n, -1)
+        return e
+
+    # ---- Method bookkeeping --------------------------------------------------------------
     def steps(self) -> list[tuple[int, int]]:
         """Row ranges [a, b) of the steps of one epoch, in corpus order."""
         r = self.rows_per_step
         return [(a, min(a + r, self.n_rows)) for a in range(0, self.n_rows, r)]
+
+    def tokens_per_epoch(self) -> int:
+        return self.n_rows * self.n_streams * self.cfg.block_size
 
     def start_epoch(self) -> None:
         self.carry.zero_()
@@ -154,157 +264,25 @@ class BlockTP:
             self.Z.copy_(sd["Z"])
             self.z_ready.copy_(sd["z_ready"])
 
-    def _chunks(self, n_rows: int):
+    def stats(self, h_passes: list[Pass], theta_passes: list[Pass], u: Tensor) -> dict:
+        """Device scalars for the metrics: L_aug before/after the H-steps and at the θ-step."""
+        passes = h_passes + theta_passes
+        last, R = passes[-1], u.shape[0]
+        k = self._active(0, R, R)
+        return {
+            "loss_before_h": passes[0].loss,
+            "loss_after_h": theta_passes[0].loss if theta_passes else last.loss,
+            "theta_loss": last.loss,
+            "nll": last.nll,
+            "residual": last.residual,
+            "dual_norm": torch.linalg.vector_norm(u[:k], dim=-1).mean() if k else u.new_zeros(()),
+            "tokens": torch.tensor(R * self.n_streams * self.cfg.block_size),
+        }
+
+    def _chunks(self, n_rows: int) -> list[tuple[int, int]]:
         c = self.chunk_rows
         return [(a, min(a + c, n_rows)) for a in range(0, n_rows, c)]
 
     def _active(self, lo: int, hi: int, n_rows: int) -> int:
         """Constraints among rows [lo, hi) that enter L: all, but z_last='none' drops the last."""
-        return hi - lo - (1 if (self.s.z_last == "none" and hi == n_rows) else 0)
-
-    # ---- Z initialisation ----------------------------------------------------------------
-    @torch.no_grad()
-    def init_z(self, x: Tensor) -> Tensor:
-        """Free states for a step's R rows from the current θ (paper §4.1), (R+1, S, D)."""
-        n, s = self.n_streams, self.s
-        R = x.shape[1] // n
-        z = self.model.zero_state((R + 1) * n).view(R + 1, n, -1)
-        if s.z_init == "zero":
-            return z
-        z[0] = self.carry
-        if s.z_init == "chained":  # z_{j+1} = e_j: one forward pass through the rows
-            for r in range(R):
-                _, z[r + 1] = self.model.states(x[:, r * n:(r + 1) * n], z[r])
-        elif s.z_init == "zero_start" and R > 1:
-            # The released code's -mb_init: every block run from a zero state in parallel; the
-            # end state of block j becomes z_{j+1}; z_R stays 0.
-            for a, b in self._chunks(R - 1):
-                cols = slice(a * n, b * n)
-                _, e = self.model.states(x[:, cols], self.model.zero_state((b - a) * n))
-                z[a + 1:b + 1] = e.view(b - a, n, -1)
-        return z
-
-    # ---- one pass of L_aug ---------------------------------------------------------------
-    def run(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor, *, grad_z: bool,
-            grad_theta: bool) -> Pass:
-        """L_aug over a step's rows, in chunks, accumulating ∂L/∂z and/or ∂L/∂θ."""
-        n, s = self.n_streams, self.s
-        R = z.shape[0] - 1
-        gz = torch.zeros_like(z) if grad_z else None
-        e_all = torch.empty_like(z[1:])
-        loss = nll_tot = res_tot = z.new_zeros(())
-        n_active = 0
-        for a, b in self._chunks(R):
-            zc = z[a:b + 1].detach().requires_grad_(grad_z)
-            cols = slice(a * n, b * n)
-            logits, e = self.model(x[:, cols], zc[:-1].reshape((b - a) * n, -1))
-            e = e.view(b - a, n, -1)
-            k = self._active(a, b, R)
-            r = residuals(zc[1:k + 1], e[:k])
-            nll = nll_sum(logits, y[:, cols])
-            L = lagrangian(nll, penalty(r, u[a:a + k], s.lam), block_size=s.block,
-                           n_blocks=R * n, scale=s.loss_scale)
-            if grad_theta:
-                L.backward()
-                if grad_z:
-                    gz[a:b + 1] += zc.grad
-            elif grad_z:
-                gz[a:b + 1] += torch.autograd.grad(L, zc)[0]
-            e_all[a:b] = e.detach()
-            loss = loss + L.detach()
-            nll_tot = nll_tot + nll.detach()
-            res_tot = res_tot + torch.linalg.vector_norm(r.detach(), dim=-1).sum()
-            n_active += k * n
-        return Pass(loss, nll_tot, e_all, res_tot / max(n_active, 1), gz)
-
-    @torch.no_grad()
-    def end_states(self, x: Tensor, z: Tensor) -> Tensor:
-        n = self.n_streams
-        R = z.shape[0] - 1
-        e = torch.empty_like(z[1:])
-        for a, b in self._chunks(R):
-            _, ec = self.model.states(x[:, a * n:b * n], z[a:b].reshape((b - a) * n, -1))
-            e[a:b] = ec.view(b - a, n, -1)
-        return e
-
-    def dual_step(self, x: Tensor, z: Tensor, u: Tensor) -> Tensor:
-        """u ← u + α_u ∂L_aug/∂u at the current Z and θ (gradient ascent, paper §3)."""
-        s, R = self.s, z.shape[0] - 1
-        k = self._active(0, R, R)
-        r = residuals(z[1:k + 1], self.end_states(x, z)[:k])
-        uv = u.detach().clone().requires_grad_()
-        L = lagrangian(z.new_zeros(()), penalty(r, uv[:k], s.lam), block_size=s.block,
-                       n_blocks=R * self.n_streams, scale=s.loss_scale)
-        (g,) = torch.autograd.grad(L, uv)
-        return (u + s.u_lr * g).detach()
-
-    def _theta_update(self) -> None:
-        if self.s.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.clip)
-        self.opt.step()
-
-    # ---- the step ------------------------------------------------------------------------
-    def step(self, a: int, b: int, epoch: int) -> dict[str, Tensor]:
-        """Train on block rows [a, b); return device scalars for the metrics."""
-        s, n = self.s, self.n_streams
-        x, y = block_rows(self.data, a, b - a, s.block)
-        R = b - a
-        if self.Z is not None and bool(self.z_ready[a:b].all()):
-            z = self.Z[a:b + 1].clone()
-        else:
-            z = self.init_z(x)
-        u = self.U[a:b].clone() if self.U is not None else torch.zeros_like(z[1:])
-        duals = s.row.duals and epoch >= s.u_start_epoch
-
-        if duals and s.dual_placement == "before_h":
-            u = self.dual_step(x, z, u)
-        h_opt = HOptimizer(s.h_optim, s.h_lr, s.h_eps)
-        before = after = None
-        if s.row.joint:  # ALM: joint (Z, θ) steps from one backward each
-            for _ in range(s.h_steps):
-                self.opt.zero_grad(set_to_none=True)
-                p = self.run(x, y, z, u, grad_z=True, grad_theta=True)
-                self._mask_first(p.grad_z)
-                h_opt.step(z, p.grad_z)
-                self._theta_update()
-                before = p.loss if before is None else before
-            after = theta_loss = p.loss
-            if duals and s.dual_placement == "before_theta":
-                u = self.dual_step(x, z, u)
-        else:
-            for _ in range(s.h_steps):
-                p = self.run(x, y, z, u, grad_z=True, grad_theta=False)
-                self._mask_first(p.grad_z)
-                h_opt.step(z, p.grad_z)
-                before = p.loss if before is None else before
-            if duals and s.dual_placement == "before_theta":
-                u = self.dual_step(x, z, u)
-            for _ in range(s.theta_steps):
-                self.opt.zero_grad(set_to_none=True)
-                p = self.run(x, y, z, u, grad_z=False, grad_theta=True)
-                self._theta_update()
-                after = p.loss if after is None else after
-            theta_loss = p.loss
-        if duals and s.dual_placement == "after_theta":
-            u = self.dual_step(x, z, u)
-
-        if self.U is not None:
-            self.U[a:b] = u
-        if self.Z is not None:
-            self.Z[a:b + 1] = z
-            self.z_ready[a:b] = True
-        self.carry = p.e[R - 1].clone()  # end state of the last row, from the last forward
-        k = self._active(0, R, R)
-        return {
-            "loss_before_h": before if before is not None else after,
-            "loss_after_h": after,
-            "theta_loss": theta_loss,
-            "nll": p.nll,
-            "residual": p.residual,
-            "dual_norm": torch.linalg.vector_norm(u[:k], dim=-1).mean() if k else u.new_zeros(()),
-            "tokens": torch.tensor(R * n * s.block),
-        }
-
-    def _mask_first(self, g: Tensor) -> None:
-        if self.s.z_first == "fixed":
-            g[0] = 0
+        return hi - lo - (1 if (self.cfg.z_last == "none" and hi == n_rows) else 0)

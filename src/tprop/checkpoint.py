@@ -1,16 +1,19 @@
-"""Checkpoint I/O: atomic writes, weights_only loading. The only place torch.save/load is called."""
+"""Checkpoint I/O: atomic writes, weights_only loading, RNG state and seeding. The only place
+torch.save/load is called."""
 
 from __future__ import annotations
 
 import io
 import os
 import pickle
+import random
 import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 
 from tprop import fileio
@@ -64,3 +67,28 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if not isinstance(state, dict) or "tprop_version" not in state:
         raise CheckpointError(f"{path} is not a tprop checkpoint")
     return state
+
+
+# ---- RNG states (saved in every checkpoint so a resumed run draws the same numbers) ----------
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    # RNG states are CPU byte tensors, wherever map_location put the checkpoint.
+    random.setstate(st["python"])
+    torch.set_rng_state(st["torch"].cpu())
+    kind, keys, pos, has_gauss, gauss = st["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if st["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices): the one place a run is seeded."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,21 +1,24 @@
-"""`tprop` subcommands: train, eval, data (list | fetch | verify), demo.
+"""`tprop` subcommands: train, eval, demo here; data, sweep, report, plot from their modules.
 
-`train` flags are generated from the fields of `tprop.config.Config` (one flag per field, its
-help text from the field). ``--config FILE.toml`` fills the same fields; flags given on the
-command line override the file.
+Flags of Config settings are generated from the fields of `tprop.config.Config` (one flag per
+field, its help text and default from the field); `train` has all of them, `eval` and `demo` the
+few they need. ``--config FILE.toml`` fills the same fields; flags given on the command line
+override the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
 from tprop import __version__
-from tprop.config import Config, ConfigError, build, field_help, field_types, load_toml, resolve
+from tprop.config import ConfigError, build, field_specs, load_toml, resolve
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,30 +28,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"tprop: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    helps, types = field_help(), field_types()
-    defaults = Config().to_dict()
-    for name, tp in types.items():
+def add_config_flags(p: argparse.ArgumentParser, names: list[str] | None = None,
+                     defaults: dict[str, Any] | None = None,
+                     shown: dict[str, str] | None = None) -> None:
+    """One flag per Config field (all, or `names`), from its spec. `defaults` replace the
+    field's default for this command; `shown` says how --help states a default."""
+    defaults, shown = defaults or {}, shown or {}
+    for name, spec in field_specs().items():
+        if names is not None and name not in names:
+            continue
         flag = "--" + name.replace("_", "-")
-        default = "set by preset/method" if defaults[name] is None else defaults[name]
-        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
-                              "help": f"{helps[name]} [default: {default}]"}
-        args = [tp] if typing.get_origin(tp) is typing.Literal else (
-            [a for a in typing.get_args(tp) if a is not type(None)] or [tp])
-        literals = [v for a in args for v in (typing.get_args(a)
-                    if getattr(a, "__origin__", None) is typing.Literal else ())]
-        if tp is bool or args == [bool]:
+        default = defaults.get(name, spec.default)
+        told = shown.get(name, spec.shown if name not in defaults else None)
+        told = default if told is None else told
+        suffix = f" [default: {told}]" if told not in ("", None) else ""
+        kw: dict[str, Any] = {"dest": name, "help": spec.help + suffix,
+                              "default": default if name in defaults else argparse.SUPPRESS}
+        if spec.base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif literals:
-            p.add_argument(flag, choices=literals, metavar="|".join(literals), **kw)
+        elif spec.choices:
+            p.add_argument(flag, choices=spec.choices, metavar="|".join(spec.choices), **kw)
         else:
-            base = next(a for a in args if a in (int, float, str))
-            p.add_argument(flag, type=base, metavar=base.__name__.upper(), **kw)
+            p.add_argument(flag, type=spec.base, metavar=spec.base.__name__.upper(), **kw)
 
 
-def config_from_args(ns: argparse.Namespace) -> Config:
+def config_from_args(ns: argparse.Namespace) -> Any:
     """Resumed run's config.json (with --resume), then the TOML file, then the flags given."""
-    flags = {k: v for k, v in vars(ns).items() if k in field_types()}
+    specs = field_specs()
+    flags = {k: v for k, v in vars(ns).items() if k in specs}
     values: dict[str, Any] = {}
     saved = Path(flags.get("out") or "") / "config.json"
     if flags.get("resume") and saved.is_file():
@@ -59,7 +66,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
                               "explicitly") from None
         # run-control flags of the original invocation do not carry over
         values = {k: v for k, v in values.items()
-                  if k in field_types() and k not in ("overwrite", "resume")}
+                  if k in specs and k not in ("overwrite", "resume")}
     if getattr(ns, "config", None):
         values.update(load_toml(ns.config))
     values.update(flags)
@@ -76,32 +83,36 @@ def parser() -> argparse.ArgumentParser:
                        description="Train one run. Every flag can also be set in a TOML file "
                        "given with --config; flags override the file.")
     t.add_argument("--config", help="TOML file with settings (flat keys or tables)")
-    _add_config_flags(t)
+    add_config_flags(t)
+    t.set_defaults(handler=_train)
 
     e = sub.add_parser("eval", help="perplexity of a saved run on a split")
-    e.add_argument("--checkpoint", required=True, help="path to a run's checkpoint.pt")
+    e.add_argument("--checkpoint", required=True, metavar="RUN",
+                   help="a run folder, or the path of its checkpoint.pt")
     e.add_argument("--split", choices=["train", "valid", "test"], default="test",
-                   help="which split to score")
+                   help="which split to score [default: test]")
     e.add_argument("--weights", choices=["best", "last"], default="best",
-                   help="best-validation weights or those of the last epoch")
-    e.add_argument("--data-dir", help="folder holding <dataset>/ files")
-    e.add_argument("--batch-size", type=int, help="evaluation streams (default: the run's)")
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+                   help="best-validation weights or those of the last epoch [default: best]")
+    e.add_argument("--limit", type=int, default=None,
+                   help="score only the first N tokens (0 = the whole split) [default: the "
+                   "run's --eval-limit for valid/test, its --train-limit for train]")
+    e.add_argument("--batch-size", type=int, default=None,
+                   help="evaluation streams [default: the run's --eval-batch-size]")
+    add_config_flags(e, ["data_dir", "device", "progress"],
+                     {"data_dir": None, "device": "auto", "progress": True},
+                     {"data_dir": "the run's --data-dir"})
+    e.set_defaults(handler=_eval)
 
     m = sub.add_parser("demo", help="the quick tour: BPTT and ADMM on a slice of the shipped "
                        "WikiText-2, a few minutes on 2 CPU cores")
-    m.add_argument("--out", default="runs/demo", help="folder for the two run folders")
-    m.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                   help="replace existing demo runs")
-    m.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    m.add_argument("--train-limit", type=int, default=DEMO["train_limit"],
-                   help="training tokens of WikiText-2 to use")
-    m.add_argument("--eval-limit", type=int, default=DEMO["eval_limit"],
-                   help="validation/test tokens to use")
-    m.add_argument("--epochs", type=int, default=DEMO["epochs"], help="epochs per method")
-    for name in PLUGGED:
-        import importlib
+    m.add_argument("--out", default="runs/demo", help="folder for the two run folders "
+                   "[default: runs/demo]")
+    add_config_flags(m, ["overwrite", "resume", "device", "train_limit", "eval_limit", "epochs"],
+                     {"overwrite": False, "resume": False, "device": "auto",
+                      **{k: DEMO[k] for k in ("train_limit", "eval_limit", "epochs")}})
+    m.set_defaults(handler=_demo)
 
+    for name in PLUGGED:
         importlib.import_module(f"tprop.{name}").add_parser(sub)
     return p
 
@@ -111,21 +122,55 @@ def parser() -> argparse.ArgumentParser:
 PLUGGED: tuple[str, ...] = ("data.commands", "sweep", "report", "plot")
 
 
+def _train(ns: argparse.Namespace) -> int:
+    from tprop.train import train
+
+    train(config_from_args(ns))
+    return 0
+
+
+def _eval(ns: argparse.Namespace) -> int:
+    from tprop.evaluate import evaluate_checkpoint
+
+    if ns.batch_size is not None and ns.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1 (got {ns.batch_size})")
+    r = evaluate_checkpoint(ns.checkpoint, ns.split, ns.weights, ns.data_dir, ns.batch_size,
+                            ns.device, ns.limit, show_progress=ns.progress)
+    scope = f"first {r['limit']:,} tokens" if r["limit"] else "whole split"
+    print(f"{r['split']} ppl {r['ppl']:.2f} | bits/token {r['bits']:.4f} | {r['tokens']:,} "
+          f"tokens scored ({scope}) | {r['weights']} weights (epoch {r['epoch']})")
+    print(json.dumps(r))
+    return 0
+
+
 DEMO = dict(dataset="wikitext-2", hidden=100, batch_size=32, lr=0.1, epochs=2,
             train_limit=100_000, eval_limit=20_000)
+DEMO_RUNS = {  # ADMM at the best PTB point found, with dual steps from the first epoch
+    "bptt": dict(method="bptt", bptt=20),
+    "admm": dict(method="admm", block_size=20, h_steps=1, h_lr=0.001, lam=0.1, u_lr=0.1,
+                 u_start_epoch=1),
+}
+
+
+def demo_config(name: str, ns: argparse.Namespace, **change: Any) -> Any:
+    """The resolved config of one demo run (`change` overrides, e.g. for tests)."""
+    values = {**DEMO, **DEMO_RUNS[name], "out": f"{ns.out}/{name}", "device": ns.device,
+              "train_limit": ns.train_limit, "eval_limit": ns.eval_limit, "epochs": ns.epochs,
+              "overwrite": ns.overwrite, **change}
+    return resolve(build(values))
 
 
 def _demo(ns: argparse.Namespace) -> int:
     from tprop.train import train
 
     results = {}
-    for name, extra in [("bptt", dict(method="bptt", bptt=20)),
-                        ("admm", dict(method="admm", block_size=20, h_steps=1, h_lr=0.001))]:
-        cfg = resolve(build({**DEMO, **extra, "out": f"{ns.out}/{name}",
-                             "overwrite": ns.overwrite, "device": ns.device,
-                             "train_limit": ns.train_limit, "eval_limit": ns.eval_limit,
-                             "epochs": ns.epochs}))
-        results[name] = train(cfg)
+    for name in DEMO_RUNS:
+        run = Path(ns.out) / name
+        if ns.resume and (run / "summary.json").is_file():
+            results[name] = json.loads((run / "summary.json").read_text())  # finished: reuse
+            continue
+        resume = ns.resume and (run / "checkpoint.pt").is_file()
+        results[name] = train(demo_config(name, ns, resume=resume))
     print(f"\ndemo: WikiText-2 (shipped), first {ns.train_limit:,} training tokens, GRU 100, "
           f"{ns.epochs} epochs; valid = first {ns.eval_limit:,} validation tokens")
     for name, s in results.items():
@@ -137,31 +182,14 @@ def _demo(ns: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from tprop.checkpoint import CheckpointError
     from tprop.data import DataError
-    from tprop.train import Diverged, Interrupted, RunError
+    from tprop.run import Diverged, Interrupted, RunError
 
     try:
         ns = parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a bad flag (already reported in one line)
         return int(e.code or 0)
     try:
-        if ns.command == "train":
-            from tprop.train import train
-
-            train(config_from_args(ns))
-        elif ns.command == "eval":
-            from tprop.train import evaluate_checkpoint
-
-            if ns.batch_size is not None and ns.batch_size < 1:
-                raise ConfigError(f"--batch-size must be >= 1 (got {ns.batch_size})")
-            r = evaluate_checkpoint(ns.checkpoint, ns.split, ns.weights, ns.data_dir,
-                                    ns.batch_size, ns.device)
-            print(f"{r['split']} ppl {r['ppl']:.2f} | bits/token {r['bits']:.4f} | "
-                  f"{r['tokens']:,} tokens | {r['weights']} weights (epoch {r['epoch']})")
-            print(json.dumps(r))
-        elif ns.command == "demo":
-            return _demo(ns)
-        else:
-            return ns.handler(ns)
+        return ns.handler(ns)
     except Interrupted as e:
         print(f"tprop: stopped: {e}", file=sys.stderr)
         return e.code
@@ -171,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, RunError, CheckpointError) as e:
         print(f"tprop: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tprop … | head`: the reader left; end quietly, like a Unix tool
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool ended by a closed pipe
     except OSError as e:  # e.g. a full disk while writing metrics
         where = f" {e.filename}" if e.filename else ""
         print(f"tprop: error: cannot write or read{where}: {e.strerror or e}", file=sys.stderr)
@@ -178,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tprop: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from tprop.methods import METHODS, MethodRow
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,19 +28,30 @@ class ConfigError(Exception):
     """A bad setting; ``str(e)`` is one line naming the problem and the fix."""
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, *, tp: bool = False, shown: str | None = None,
+       choices: Callable[[], tuple[str, ...]] | None = None) -> Any:
+    """A config field: its help text; ``tp`` marks a target-propagation-only switch; ``shown``
+    is how `--help` states the default when the value alone would mislead (None = resolved);
+    ``choices`` are the allowed values when they come from a table rather than a Literal."""
+    meta = {"help": help, "tp": tp, "shown": shown, "choices": choices}
+    return field(default=default, metadata=meta)
 
 
-Method = Literal["bptt", "pm", "admm", "alm"]
-BTPROP_METHODS = ("pm", "admm", "alm")
+_PRESET = "from --preset"
+
+
+def _constraints() -> dict[str, Any]:
+    from tprop.objective import CONSTRAINTS  # torch; only when a constraint is looked up
+
+    return CONSTRAINTS
 
 
 @dataclass(frozen=True)
 class Config:
     # --- data -------------------------------------------------------------------------------
-    dataset: str = _f("wikitext-2", "dataset: ptb | ptb-char | wikitext-2 | wikitext-103 | text8")
-    data_dir: str | None = _f(None, "folder holding <dataset>/ files (else $TPROP_DATA_DIR, cache)")
+    dataset: str = _f("wikitext-2", "dataset (see `tprop data list`)")
+    data_dir: str | None = _f(None, "folder holding <dataset>/ files; when given it must hold "
+                              "them", shown="$TPROP_DATA_DIR, the cache, the shipped copy")
     text8_split: Literal["99m-1m", "90m-5m-5m"] = _f("99m-1m", "text8 split protocol")
     train_limit: int = _f(0, "use only the first N training tokens (0 = all; for demos/smoke)")
     eval_limit: int = _f(0, "use only the first N valid/test tokens (0 = all; for demos/smoke)")
@@ -47,16 +61,18 @@ class Config:
     layers: int = _f(1, "number of recurrent layers")
     emb: int = _f(0, "embedding size (0 = hidden, as in the paper)")
     # --- method -----------------------------------------------------------------------------
-    method: Method = _f("bptt", "bptt | pm (penalty) | admm | alm (augmented Lagrangian)")
+    method: str = _f("bptt", "bptt | pm (penalty) | admm | alm (augmented Lagrangian)",
+                     choices=lambda: tuple(METHODS))
     bptt: int = _f(20, "K: truncated-BPTT window in tokens (method bptt)")
-    block_size: int = _f(20, "B: block size in tokens (methods pm/admm/alm)")
+    block_size: int = _f(20, "B: block size in tokens (methods pm/admm/alm)", tp=True)
     batch_size: int = _f(32, "bptt: streams per window; pm/admm/alm: blocks per minibatch (S)")
     full_batch: bool = _f(False, "one θ update per pass over the training set (batch mode)")
     # --- θ optimiser ------------------------------------------------------------------------
     optim: Literal["adagrad", "sgd"] = _f("adagrad", "θ optimiser (sgd halves lr on a plateau)")
     lr: float = _f(0.1, "θ learning rate")
     clip: float = _f(0.5, "global L2-norm clip of the θ gradient (0 = off)")
-    adagrad_eps: float | None = _f(None, "Adagrad ε for θ (default: bptt 1e-10, preset for TP)")
+    adagrad_eps: float | None = _f(None, "Adagrad ε for θ", shown="bptt 1e-10; pm/admm/alm "
+                                   + _PRESET)
     lr_shrink: float = _f(2.0, "sgd: divide lr by this when validation does not improve")
     # --- schedule ---------------------------------------------------------------------------
     epochs: int = _f(10, "maximum number of epochs")
@@ -66,31 +82,41 @@ class Config:
     eval_batch_size: int = _f(10, "evaluation streams (state carried from zero)")
     eval_bptt: int = _f(200, "tokens per evaluation step (does not change the result)")
     # --- target propagation (pm/admm/alm) ---------------------------------------------------
-    preset: Literal["paper", "tprnn"] = _f("tprnn", "set of switches below: paper | tprnn (code)")
-    lam: float = _f(1.0, "λ: penalty weight (paper Eq. 7)")
-    u_lr: float | None = _f(None, "α_u: dual ascent step (admm/alm; default 0.1)")
-    u_start_epoch: int | None = _f(None, "first epoch (1-based) with dual steps (preset)")
-    h_steps: int = _f(1, "H-steps on Z per minibatch (alm: joint Z/θ steps); 0 allowed")
-    h_lr: float = _f(0.001, "H-step learning rate")
-    h_optim: Literal["adagrad", "sgd"] | None = _f(None, "H optimiser, fresh per minibatch")
-    h_eps: float | None = _f(None, "Adagrad ε of the H optimiser (preset)")
-    theta_steps: int = _f(1, "θ-steps per minibatch (pm/admm)")
+    preset: Literal["paper", "tprnn"] = _f(
+        "tprnn", "set of switches below: paper | tprnn (code)", tp=True)
+    constraint: str = _f("l2", "constraint between z_{j+1} and e_j", tp=True,
+                         choices=lambda: tuple(_constraints()))
+    lam: float = _f(1.0, "λ: penalty weight (paper Eq. 7)", tp=True)
+    u_lr: float | None = _f(None, "α_u: dual ascent step", tp=True, shown="0.1 for admm/alm")
+    u_start_epoch: int | None = _f(None, "first epoch (1-based) with dual steps", tp=True,
+                                   shown=_PRESET)
+    h_steps: int = _f(1, "H-steps on Z per minibatch (alm: joint Z/θ steps); 0 allowed", tp=True)
+    h_lr: float = _f(0.001, "H-step learning rate", tp=True)
+    h_optim: Literal["adagrad", "sgd"] | None = _f(
+        None, "H optimiser, fresh per minibatch", tp=True, shown=_PRESET)
+    h_eps: float | None = _f(None, "Adagrad ε of the H optimiser", tp=True, shown=_PRESET)
+    theta_steps: int = _f(1, "θ-steps per minibatch (pm/admm)", tp=True)
     layout: Literal["adjacent", "streams"] | None = _f(
-        None, "minibatch: S adjacent blocks of one stretch | one block from each of S streams")
+        None, "minibatch: S adjacent blocks of one stretch | one block from each of S streams",
+        tp=True, shown=_PRESET)
     z_init: Literal["chained", "zero_start", "zero"] | None = _f(
-        None, "Z init: chained forward | blocks run from zero (z_S = 0) | all zero")
-    z_first: Literal["free", "fixed"] = _f("free", "first start state of a minibatch: free | fixed")
+        None, "Z init: chained forward | blocks run from zero (z_S = 0) | all zero", tp=True,
+        shown=_PRESET)
+    z_first: Literal["free", "fixed"] = _f(
+        "free", "first start state of a minibatch: free | fixed", tp=True)
     z_last: Literal["target", "none"] = _f(
-        "target", "constraint after the last block of a minibatch: target | none")
-    persist_u: bool | None = _f(None, "keep U per block across minibatches/epochs (preset)")
-    persist_z: bool | None = _f(None, "keep Z per block across epochs instead of re-init (preset)")
+        "target", "constraint after the last block of a minibatch: target | none", tp=True)
+    persist_u: bool | None = _f(None, "keep U per block across minibatches/epochs", tp=True,
+                                shown=_PRESET)
+    persist_z: bool | None = _f(None, "keep Z per block across epochs instead of re-init",
+                                tp=True, shown=_PRESET)
     dual_placement: Literal["before_h", "before_theta", "after_theta"] | None = _f(
-        None, "when the dual step runs (preset)")
+        None, "when the dual step runs", tp=True, shown=_PRESET)
     loss_scale: Literal["sum", "mean"] | None = _f(
-        None, "sum: Eq. 7 sums | mean: NLL/(B·S) + λ/(2S)·penalty (preset)")
+        None, "sum: Eq. 7 sums | mean: NLL/(B·S) + λ/(2S)·penalty", tp=True, shown=_PRESET)
     chunk_tokens: int = _f(16384, "tokens per forward chunk (bounds memory in batch mode)")
     # --- run --------------------------------------------------------------------------------
-    out: str | None = _f(None, "run folder (required for train)")
+    out: str | None = _f(None, "run folder to write (required)", shown="")
     overwrite: bool = _f(False, "replace an existing run folder")
     resume: bool = _f(False, "continue the run in --out from its checkpoint (its config.json "
                              "is the base; flags given now override it)")
@@ -103,8 +129,13 @@ class Config:
     progress: bool = _f(True, "show a progress bar")
 
     @property
+    def row(self) -> MethodRow:
+        """The method's row of `tprop.methods.METHODS`."""
+        return METHODS[self.method]
+
+    @property
     def is_btprop(self) -> bool:
-        return self.method in BTPROP_METHODS
+        return self.row.blocked
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,20 +156,39 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-# Switches that only mean something for the target-propagation methods.
-_BTPROP_ONLY = (
-    "block_size", "lam", "u_lr", "u_start_epoch", "h_steps", "h_lr", "h_optim", "h_eps",
-    "theta_steps", "layout", "z_init", "z_first", "z_last", "persist_u", "persist_z",
-    "dual_placement", "loss_scale",
-)
+@dataclass(frozen=True)
+class FieldSpec:
+    """One Config field as the CLI and the TOML checker see it (the one place that unpacks
+    ``Optional``/``Literal`` annotations)."""
 
-
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(Config)}
+    name: str
+    base: type  # int | float | str | bool
+    optional: bool  # None is a legal value (filled by `resolve`)
+    choices: tuple[Any, ...] | None
+    default: Any
+    help: str
+    shown: str | None  # how --help states the default, when the value would mislead
+    tp: bool  # a switch of the target-propagation methods only
 
 
 def field_types() -> dict[str, Any]:
+    """Field name → annotation (for callers that only need the names)."""
     return get_type_hints(Config)
+
+
+def field_specs() -> dict[str, FieldSpec]:
+    hints = get_type_hints(Config)
+    out = {}
+    for f in fields(Config):
+        tp = hints[f.name]
+        args = [a for a in (get_args(tp) if get_origin(tp) is not Literal else ()) or [tp]
+                if a is not type(None)]
+        literal = next((get_args(a) for a in args if get_origin(a) is Literal), None)
+        choices = f.metadata["choices"]() if f.metadata["choices"] else literal
+        base = type(choices[0]) if choices else args[0]
+        out[f.name] = FieldSpec(f.name, base, type(None) in get_args(tp), choices, f.default,
+                                f.metadata["help"], f.metadata["shown"], f.metadata["tp"])
+    return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -160,44 +210,44 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return flat
 
 
-def _check_type(name: str, value: Any, tp: Any) -> Any:
-    """Validate one TOML value against its field type (CLI values are parsed by argparse)."""
-    options = [tp] if get_origin(tp) is Literal else list(get_args(tp)) or [tp]
+def _check_type(value: Any, spec: FieldSpec) -> Any:
+    """Validate one TOML value against its field (CLI values are parsed by argparse)."""
+    name = spec.name
     if value is None:
-        if type(None) in options:
+        if spec.optional:
             return None
         raise ConfigError(f"{name} may not be empty")
-    literals = [v for o in options if get_origin(o) is Literal for v in get_args(o)]
-    if literals:
-        if value not in literals:
-            raise ConfigError(f"{name} = {value!r} is not one of {', '.join(map(str, literals))}")
+    if spec.choices:
+        if value not in spec.choices:
+            raise ConfigError(f"{name} = {value!r} is not one of "
+                              f"{', '.join(map(str, spec.choices))}")
         return value
-    for base in options:
-        if isinstance(value, bool) != (base is bool):
-            continue  # bool is an int subclass: keep true/false and numbers apart
-        if base is float and isinstance(value, (int, float)):
+    if isinstance(value, bool) == (spec.base is bool):  # bool is an int: keep them apart
+        if spec.base is float and isinstance(value, (int, float)):
             return float(value)
-        if base in (int, str, bool) and isinstance(value, base):
+        if isinstance(value, spec.base):
             return value
-    raise ConfigError(f"{name} = {value!r} has the wrong type; expected {tp}")
+    raise ConfigError(f"{name} = {value!r} has the wrong type; expected "
+                      f"{spec.base.__name__}{' or nothing' if spec.optional else ''}")
 
 
 def build(values: dict[str, Any]) -> Config:
     """Make a Config from TOML/CLI values (unknown keys and wrong types are errors)."""
-    types = field_types()
+    specs = field_specs()
     clean = {}
     for k, v in values.items():
-        if k not in types:
+        if k not in specs:
             raise ConfigError(f"unknown setting '{k}'; see `tprop train --help` for the list")
-        clean[k] = _check_type(k, v, types[k])
+        clean[k] = _check_type(v, specs[k])
     return Config(**clean)
 
 
 def resolve(cfg: Config) -> Config:
     """Validate a config and fill every preset/method-dependent switch (the one place for it)."""
     _validate(cfg)
-    if not cfg.is_btprop:
-        set_tp = [n for n in ("preset", *_BTPROP_ONLY) if getattr(cfg, n) != _default(n)]
+    specs, row = field_specs(), cfg.row
+    if not row.blocked:
+        set_tp = [n for n, f in specs.items() if f.tp and getattr(cfg, n) != f.default]
         if set_tp:
             raise ConfigError(
                 f"--{set_tp[0].replace('_', '-')} applies to pm/admm/alm, not --method bptt; "
@@ -205,12 +255,15 @@ def resolve(cfg: Config) -> Config:
         eps = 1e-10 if cfg.adagrad_eps is None else cfg.adagrad_eps
         return dataclasses.replace(cfg, adagrad_eps=eps)
 
-    if cfg.method == "pm" and cfg.u_lr:
-        raise ConfigError("--u-lr sets the dual step, but pm has no duals; use --method admm")
-    if cfg.method == "alm" and cfg.h_steps < 1:
-        raise ConfigError("alm takes --h-steps joint (Z, θ) steps, so it needs --h-steps >= 1")
-    if cfg.method == "alm" and cfg.theta_steps != 1:
-        raise ConfigError("alm steps θ jointly with Z (--h-steps times); drop --theta-steps")
+    if not row.duals and cfg.u_lr:
+        raise ConfigError(f"--u-lr sets the dual step, but {cfg.method} has no duals; use "
+                          "--method admm")
+    if row.joint and cfg.h_steps < 1:
+        raise ConfigError(f"{cfg.method} takes --h-steps joint (Z, θ) steps, so it needs "
+                          "--h-steps >= 1")
+    if row.joint and cfg.theta_steps != 1:
+        raise ConfigError(f"{cfg.method} steps θ jointly with Z (--h-steps times); drop "
+                          "--theta-steps")
 
     fill = dict(PRESETS[cfg.preset])
     if cfg.full_batch:
@@ -219,23 +272,16 @@ def resolve(cfg: Config) -> Config:
         fill["persist_z"] = fill["persist_u"] = True
     if cfg.preset == "tprnn" and cfg.z_init not in (None, "zero_start"):
         fill["dual_placement"] = "before_h"  # the code's placement without -mb_init
-    if cfg.method == "pm":
-        fill["u_lr"], fill["dual_placement"], fill["persist_u"] = 0.0, "after_theta", False
-    else:
+    if row.duals:
         fill["u_lr"] = 0.1
+    else:
+        fill["u_lr"], fill["dual_placement"], fill["persist_u"] = 0.0, "after_theta", False
     updates = {k: v for k, v in fill.items() if getattr(cfg, k) is None}
     out = dataclasses.replace(cfg, **updates)
     if out.persist_z and out.z_init == "zero_start" and not out.full_batch:
         raise ConfigError("--persist-z keeps Z across epochs, which --z-init zero_start "
                           "contradicts (it re-zeroes z_S); use --z-init chained")
     return out
-
-
-def _default(name: str) -> Any:
-    for f in fields(Config):
-        if f.name == name:
-            return f.default
-    raise KeyError(name)
 
 
 def _validate(cfg: Config) -> None:
@@ -269,6 +315,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"--lr-shrink must be >= 1 (got {cfg.lr_shrink})")
     if cfg.u_start_epoch is not None and cfg.u_start_epoch < 1:
         raise ConfigError(f"--u-start-epoch is 1-based and must be >= 1 (got {cfg.u_start_epoch})")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"--method {cfg.method!r} is not one of {', '.join(METHODS)}")
+    if cfg.constraint not in _constraints():
+        raise ConfigError(f"--constraint {cfg.constraint!r} is not one of "
+                          f"{', '.join(_constraints())}")
     if cfg.overwrite and cfg.resume:
         raise ConfigError("--overwrite and --resume contradict each other; choose one")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):

@@ -38,6 +38,13 @@ class MetricsSink:
             tqdm.write(text, file=sys.stdout)
 
 
+def fmt_ppl(x: float) -> str:
+    """A perplexity in 9 characters: fixed point while it is readable, else 1.23e+45 or inf."""
+    if not math.isfinite(x):
+        return f"{x!s:>9}"
+    return f"{x:9.2f}" if x < 1e6 else f"{x:9.2e}"
+
+
 def progress(total: int, desc: str, enabled: bool):
     """A tqdm bar over tokens, with tokens/s and ETA (only on a terminal: disable=None)."""
     return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, leave=False,

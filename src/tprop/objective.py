@@ -13,12 +13,16 @@ over the S blocks of the update.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 LN2 = math.log(2.0)
+
+Decode = Callable[[Tensor], Tensor]
+Constraint = Callable[[Tensor, Tensor, Tensor, float, Decode], Tensor]
 
 
 def nll_sum(logits: Tensor, targets: Tensor) -> Tensor:
@@ -35,6 +39,23 @@ def residuals(z_next: Tensor, e: Tensor) -> Tensor:
 def penalty(r: Tensor, u: Tensor, lam: float) -> Tensor:
     """(λ/2) Σ_j ‖r_j + u_j‖², summed over boundaries and state dimensions (Eq. 7)."""
     return 0.5 * lam * (r + u).pow(2).sum()
+
+
+def l2(z_next: Tensor, e: Tensor, u: Tensor, lam: float, decode: Decode) -> Tensor:
+    """The paper's constraint: (λ/2) Σ_j ‖z_{j+1} − e_j + u_j‖² (Eq. 7)."""
+    return penalty(residuals(z_next, e), u, lam)
+
+
+CONSTRAINTS: dict[str, Constraint] = {
+    "l2": l2,
+}
+"""The constraint table: name → penalty(z_next, e, u, lam, decode), a scalar to add to the NLL.
+
+z_next, e, u are (k, S, D) for the k active boundaries of a chunk; ``decode`` maps states to
+logits (the model's decoder, for constraints on output distributions). A new constraint is one
+function and one row here; `--constraint NAME` selects it, and the step and the dual step both
+call it through `BlockTP.penalty`.
+"""
 
 
 def lagrangian(nll: Tensor, pen: Tensor, *, block_size: int, n_blocks: int,
@@ -59,7 +80,3 @@ def perplexity(nll_total: float, n_tokens: int) -> float:
 
 def bits_per_token(nll_total: float, n_tokens: int) -> float:
     return nll_total / n_tokens / LN2
-
-
-def global_norm(tensors) -> Tensor:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
