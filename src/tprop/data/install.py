@@ -283,9 +283,10 @@ def fetch(
         )
     folder = write_root(data_dir) / name
     by_hand = _with_dir(f"tprop data add {name} PATH", data_dir)
+    # Mirrors first: where there is one, the canonical address is the one known to fail.
     hint = (
         f"check the network or pass --url with another address of the archive; or download "
-        f"{ds.archive_name} by hand ({' or '.join([ds.url, *ds.mirrors])}) and run `{by_hand}`"
+        f"{ds.archive_name} by hand ({' or '.join([*ds.mirrors, ds.url])}) and run `{by_hand}`"
     )
     with _staging(folder, name) as temps:
         with fileio.temp_file(folder, prefix=".download.", suffix=".part") as (archive, _):
