@@ -20,7 +20,11 @@ R·S columns of one recurrent call of time depth B, column index r·S + s::
 
     rows 0-1 │ a g m s │  block row 0      x: (B, R·S) = ┌ a g m s c i o u ┐
     rows 2-3 │ c i o u │  block row 1      R = 2          └ b h n t d j p v ┘
-    rows 4-5 │ e k q w │  block row 2
+    rows 4-5 │ e k q w │  (no block row: its last target would be past the end)
+
+Like windows, only full block rows with a target row below them are used: ⌊(T−1)/B⌋ of
+them (the released code likewise drops the data's last block). `tests/test_architecture.py`
+checks this drawing.
 
 The two minibatch layouts are two choices of (S, R):
 ``streams`` — S = batch size, R = 1: one block from each of S streams (BPTT's batchify, so a

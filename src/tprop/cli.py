@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a bad flag (already reported in one line)
         return int(e.code or 0)
     try:
-        return ns.handler(ns)
+        code = ns.handler(ns)
+        sys.stdout.flush()  # here, so a closed pipe is met inside this try
+        return code
     except Interrupted as e:
         print(f"tprop: stopped: {e}", file=sys.stderr)
         return e.code
