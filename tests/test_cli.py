@@ -87,7 +87,7 @@ def test_resume_continues_after_the_last_epoch(tiny_data, tmp_path):
 
 def test_data_commands(tiny_data, capsys):
     assert main(["data", "list", "--data-dir", str(tiny_data)]) == 0
-    assert "name=ptb" in capsys.readouterr().out
+    assert f"present: {tiny_data / 'ptb'}" in capsys.readouterr().out
     # the tiny files do not match PTB's pinned sha256: verify says so and fails
     assert main(["data", "verify", "ptb", "--data-dir", str(tiny_data)]) == 2
     assert "BAD" in capsys.readouterr().out

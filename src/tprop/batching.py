@@ -30,6 +30,8 @@ The two minibatch layouts are two choices of (S, R):
 ``streams`` — S = batch size, R = 1: one block from each of S streams (BPTT's batchify, so a
 minibatch is exactly BPTT's window with K = B); ``adjacent`` — S = 1, R = batch size: S
 consecutive blocks of one stretch of text, in corpus order (the released code's layout).
+``--rows-per-step R`` sets R for either: with ``streams`` a minibatch is then S streams × R
+consecutive blocks, so neighbouring blocks meet inside a step (with R = 1 they never do).
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ def window(data: Tensor, i: int, k: int) -> tuple[Tensor, Tensor]:
     return data[i * k: (i + 1) * k], data[i * k + 1: (i + 1) * k + 1]
 
 
-def layout_shape(layout: str, batch_size: int) -> tuple[int, int]:
-    """(S streams, R rows per step) of a minibatch layout (see the module docstring)."""
-    return (batch_size, 1) if layout == "streams" else (1, batch_size)
+def layout_shape(layout: str, batch_size: int, rows_per_step: int = 0) -> tuple[int, int]:
+    """(S streams, R rows per step) of a minibatch layout (see the module docstring);
+    ``rows_per_step`` > 0 overrides R (streams: S streams × R consecutive blocks each)."""
+    streams, rows = (batch_size, 1) if layout == "streams" else (1, batch_size)
+    return streams, rows_per_step or rows
 
 
 def n_block_rows(data: Tensor, block: int) -> int:

@@ -18,9 +18,10 @@ class TruncatedBPTT:
     """`Method` for truncated BPTT; ``full_batch`` makes one θ update per epoch."""
 
     def __init__(self, model: RNNLM, optimizer: torch.optim.Optimizer, data: Tensor, k: int,
-                 clip: float, full_batch: bool):
+                 clip: float, full_batch: bool, carry_across_epochs: bool = False):
         self.model, self.opt, self.data = model, optimizer, data  # data: (T, S) streams
         self.k, self.clip, self.full_batch = k, clip, full_batch
+        self.carry_across_epochs = carry_across_epochs
         self.n = n_windows(data, k)
         self.state = model.zero_state(data.shape[1])
 
@@ -32,7 +33,8 @@ class TruncatedBPTT:
             raise ConfigError(
                 f"--bptt {cfg.bptt} is longer than the training data per stream "
                 f"({data.shape[0]} tokens with --batch-size {cfg.batch_size}); lower either")
-        return cls(model, optimizer, data, cfg.bptt, cfg.clip, cfg.full_batch)
+        return cls(model, optimizer, data, cfg.bptt, cfg.clip, cfg.full_batch,
+                   cfg.carry_across_epochs)
 
     def steps(self) -> list[tuple[int, ...]]:
         return [(i,) for i in range(self.n)]
@@ -41,7 +43,8 @@ class TruncatedBPTT:
         return self.n * self.k * self.data.shape[1]
 
     def start_epoch(self) -> None:
-        self.state = self.model.zero_state(self.data.shape[1])
+        if not self.carry_across_epochs:
+            self.state = self.model.zero_state(self.data.shape[1])
         if self.full_batch:
             self.opt.zero_grad(set_to_none=True)
 

@@ -70,7 +70,7 @@ class BlockTP:
     def __init__(self, model: RNNLM, optimizer: torch.optim.Optimizer, train_ids: Tensor,
                  cfg: Config):
         self.model, self.opt, self.cfg, self.row = model, optimizer, cfg, cfg.row
-        streams, rows = layout_shape(cfg.layout, cfg.batch_size)
+        streams, rows = layout_shape(cfg.layout, cfg.batch_size, cfg.rows_per_step)
         self.data = batchify(train_ids, streams)  # (T, S)
         self.n_streams = streams
         self.n_rows = n_block_rows(self.data, cfg.block_size)
@@ -218,6 +218,13 @@ class BlockTP:
         if how == "chained":  # z_{j+1} = e_j: one forward pass through the rows
             for r in range(R):
                 _, z[r + 1] = self.model.states(x[:, r * n:(r + 1) * n], z[r])
+            # The last target has no loss after it, so its true gradient here is exactly 0;
+            # computed row by row it differs from the step's batched e_{R-1} by rounding, and a
+            # fresh Adagrad H-step would turn that noise into a step of h-lr·sign(noise). Take
+            # it from the same chunked call the step makes, so the residual is exactly 0.
+            a = self._chunks(R)[-1][0]
+            _, e = self.model.states(x[:, a * n:R * n], z[a:R].reshape((R - a) * n, -1))
+            z[R] = e.view(R - a, n, -1)[-1]
         elif how == "zero_start" and R > 1:
             # The released code's -mb_init: every block run from a zero state in parallel; the
             # end state of block j becomes z_{j+1}; z_R stays 0.
@@ -246,7 +253,8 @@ class BlockTP:
         return self.n_rows * self.n_streams * self.cfg.block_size
 
     def start_epoch(self) -> None:
-        self.carry.zero_()
+        if not self.cfg.carry_across_epochs:
+            self.carry.zero_()
 
     def state_dict(self) -> dict[str, Tensor]:
         out = {"carry": self.carry}

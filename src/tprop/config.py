@@ -40,6 +40,12 @@ def _f(default: Any, help: str, *, tp: bool = False, shown: str | None = None,
 _PRESET = "from --preset"
 
 
+def _datasets() -> dict[str, Any]:
+    from tprop.data.registry import DATASETS  # no torch
+
+    return DATASETS
+
+
 def _constraints() -> dict[str, Any]:
     from tprop.objective import CONSTRAINTS  # torch; only when a constraint is looked up
 
@@ -49,7 +55,8 @@ def _constraints() -> dict[str, Any]:
 @dataclass(frozen=True)
 class Config:
     # --- data -------------------------------------------------------------------------------
-    dataset: str = _f("wikitext-2", "dataset (see `tprop data list`)")
+    dataset: str = _f("wikitext-2", "dataset (see `tprop data list`)",
+                      choices=lambda: tuple(_datasets()))
     data_dir: str | None = _f(None, "folder holding <dataset>/ files; when given it must hold "
                               "them", shown="$TPROP_DATA_DIR, the cache, the shipped copy")
     text8_split: Literal["99m-1m", "90m-5m-5m"] = _f("99m-1m", "text8 split protocol")
@@ -67,6 +74,8 @@ class Config:
     block_size: int = _f(20, "B: block size in tokens (methods pm/admm/alm)", tp=True)
     batch_size: int = _f(32, "bptt: streams per window; pm/admm/alm: blocks per minibatch (S)")
     full_batch: bool = _f(False, "one θ update per pass over the training set (batch mode)")
+    carry_across_epochs: bool = _f(False, "carry the last state of an epoch into the next (the "
+                                   "released code does); else start each epoch from zero")
     # --- θ optimiser ------------------------------------------------------------------------
     optim: Literal["adagrad", "sgd"] = _f("adagrad", "θ optimiser (sgd halves lr on a plateau)")
     lr: float = _f(0.1, "θ learning rate")
@@ -99,6 +108,8 @@ class Config:
     layout: Literal["adjacent", "streams"] | None = _f(
         None, "minibatch: S adjacent blocks of one stretch | one block from each of S streams",
         tp=True, shown=_PRESET)
+    rows_per_step: int = _f(0, "R: consecutive blocks of each stream per minibatch (0 = the "
+                            "layout's: streams 1, adjacent --batch-size)", tp=True)
     z_init: Literal["chained", "zero_start", "zero"] | None = _f(
         None, "Z init: chained forward | blocks run from zero (z_S = 0) | all zero", tp=True,
         shown=_PRESET)
@@ -270,7 +281,7 @@ def resolve(cfg: Config) -> Config:
         # Batch mode: dataset-sized Z and U kept across epochs, under either preset. (The
         # released code zeroes both every epoch; --no-persist-z --no-persist-u reproduce that.)
         fill["persist_z"] = fill["persist_u"] = True
-    if cfg.preset == "tprnn" and cfg.z_init not in (None, "zero_start"):
+    if cfg.preset == "tprnn" and cfg.z_init == "zero":
         fill["dual_placement"] = "before_h"  # the code's placement without -mb_init
     if row.duals:
         fill["u_lr"] = 0.1
@@ -281,7 +292,29 @@ def resolve(cfg: Config) -> Config:
     if out.persist_z and out.z_init == "zero_start" and not out.full_batch:
         raise ConfigError("--persist-z keeps Z across epochs, which --z-init zero_start "
                           "contradicts (it re-zeroes z_S); use --z-init chained")
+    _refuse_idle_duals(out)
     return out
+
+
+def _refuse_idle_duals(cfg: Config) -> None:
+    """A dual method whose duals can never enter a loss is the penalty method in disguise:
+    refuse it in one line rather than run PM under another name."""
+    if not cfg.row.duals or not cfg.u_lr:
+        return  # u-lr 0 is PM on purpose (a test identity)
+    fix = "use another --dual-placement, --persist-u/--persist-z, or --method pm"
+    if cfg.dual_placement == "after_theta" and not cfg.persist_u:
+        raise ConfigError(f"{cfg.method} with --dual-placement after_theta and --no-persist-u is "
+                          f"the penalty method: u is stepped after the last loss of the step and "
+                          f"then dropped; {fix}")
+    # A fresh chained Z has z_{j+1} = e_j exactly: the residual is 0 until the H-steps move
+    # Z or a θ-step moves e, so a dual step before either never moves u.
+    fresh_chain = cfg.z_init == "chained" and not cfg.persist_z
+    if fresh_chain and (cfg.dual_placement == "before_h" or (
+            cfg.dual_placement == "before_theta" and cfg.h_steps == 0 and not cfg.row.joint)):
+        when = "before the H-steps" if cfg.dual_placement == "before_h" else "with no H-steps"
+        raise ConfigError(f"{cfg.method} with --z-init chained and a dual step {when} is the "
+                          f"penalty method: the dual step sees z_(j+1) = e_j exactly, so u never "
+                          f"moves; {fix}")
 
 
 def _validate(cfg: Config) -> None:
@@ -298,7 +331,7 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} = {getattr(cfg, name)} is absurdly "
                               f"large (limit {hi})")
     for name in ["emb", "train_limit", "eval_limit", "patience", "h_steps", "max_ppl",
-                 "checkpoint_every"]:
+                 "checkpoint_every", "rows_per_step"]:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(cfg, name)})")
     if cfg.theta_steps < 1:
@@ -307,10 +340,15 @@ def _validate(cfg: Config) -> None:
         v = getattr(cfg, name)
         if not (v > 0 and math.isfinite(v)):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number (got {v})")
-    for name in ["lam", "clip", "u_lr", "adagrad_eps", "h_eps"]:
+    for name in ["lam", "clip", "u_lr"]:
         v = getattr(cfg, name)
         if v is not None and not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {v})")
+    for name in ["adagrad_eps", "h_eps"]:  # ε = 0 divides 0 by 0 where a gradient is 0
+        v = getattr(cfg, name)
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {v}): Adagrad "
+                              "divides by √G + ε, and G is 0 wherever a gradient is 0")
     if cfg.lr_shrink < 1:
         raise ConfigError(f"--lr-shrink must be >= 1 (got {cfg.lr_shrink})")
     if cfg.u_start_epoch is not None and cfg.u_start_epoch < 1:

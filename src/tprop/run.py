@@ -29,7 +29,7 @@ RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt")
 # Settings a resumed run must share with its checkpoint: they fix the data, the model and the
 # meaning of the saved method state.
 RESUME_KEYS = ("dataset", "cell", "hidden", "layers", "emb", "method", "block_size", "bptt",
-               "batch_size", "layout", "full_batch", "dtype", "train_limit")
+               "batch_size", "layout", "rows_per_step", "full_batch", "dtype", "train_limit")
 
 
 def check_resumable(saved_config: dict[str, Any], cfg: Config) -> None:
