@@ -133,3 +133,15 @@ def test_a_held_folder_is_refused_and_a_dead_writer_does_not_block(tiny_data, tm
     proc = subprocess.run(resume, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2 and time.time() - t0 < 60
+
+
+def test_run_files_follow_the_umask(tiny_data, tmp_path):
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        assert main(["train", *TINY, "--data-dir", str(tiny_data), "--epochs", "1",
+                     "--method", "bptt", "--bptt", "5", "--out", str(run)]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()}
+    assert set(modes.values()) == {0o644}, modes

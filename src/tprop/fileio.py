@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(folder: Path) -> None:
     """Make renames and new entries in `folder` durable."""
     fd = os.open(folder, os.O_RDONLY)
@@ -33,6 +39,7 @@ def temp_file(folder: Path, prefix: str, suffix: str = ".tmp") -> Iterator[tuple
     """
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     path = Path(name)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file follows the umask
     try:
         with os.fdopen(fd, "wb") as fh:
             yield path, fh
