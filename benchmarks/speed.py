@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from tprop.batching import batchify, window
-from tprop.config import build, resolve
+from tprop.config import build
 from tprop.data import load_corpus
+from tprop.presets import resolve
 from tprop.train import build_method, build_model, make_optimizer
 
 
@@ -35,9 +36,10 @@ def tprop_runner(args: dict, ids: torch.Tensor, steps: int):
 
     def run(offset: int) -> int:
         tokens = 0
-        for st in todo[offset: offset + steps]:
+        for st in todo[offset : offset + steps]:
             tokens += int(method.step(*st, epoch=10)["tokens"])
         return tokens
+
     return run, len(todo)
 
 
@@ -63,6 +65,7 @@ def plain_runner(hidden: int, ids: torch.Tensor, k: int, s: int, steps: int):
             opt.step()
             state["h"] = h.detach()
         return steps * k * s
+
     return run
 
 
@@ -90,35 +93,66 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ns = ap.parse_args()
     ids = load_corpus(ns.dataset, ns.data_dir).train
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dataset {ns.dataset}, "
-          f"{ns.steps} minibatches of 20×32 tokens per round, {ns.rounds} rounds (medians)\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, dataset {ns.dataset}, "
+        f"{ns.steps} minibatches of 20×32 tokens per round, {ns.rounds} rounds (medians)\n"
+    )
     common = {"dataset": ns.dataset, "batch_size": 32, "lr": 0.1}
     if ns.what == "plain":
         print("| hidden | tprop bptt tok/s | plain loop tok/s | ratio tprop/plain |")
         print("|---|---|---|---|")
         for h in ns.hidden:
-            tp, _ = tprop_runner({**common, "method": "bptt", "bptt": 20, "hidden": h,
-                                  "adagrad_eps": 1e-10}, ids, ns.steps)
+            tp, _ = tprop_runner(
+                {**common, "method": "bptt", "bptt": 20, "hidden": h, "adagrad_eps": 1e-10},
+                ids,
+                ns.steps,
+            )
             plain = plain_runner(h, ids, 20, 32, ns.steps)
-            r = alternate({"tprop": lambda o, f=tp: f(o * ns.steps),
-                           "plain": lambda o, f=plain: f(o * ns.steps)}, ns.rounds)
-            print(f"| {h} | {r['tprop']:,.0f} | {r['plain']:,.0f} | "
-                  f"{r['tprop'] / r['plain']:.3f} |", flush=True)
+            r = alternate(
+                {
+                    "tprop": lambda o, f=tp: f(o * ns.steps),
+                    "plain": lambda o, f=plain: f(o * ns.steps),
+                },
+                ns.rounds,
+            )
+            print(
+                f"| {h} | {r['tprop']:,.0f} | {r['plain']:,.0f} | {r['tprop'] / r['plain']:.3f} |",
+                flush=True,
+            )
     else:
-        print("| hidden | H-steps k | BPTT tok/s | ADMM tok/s | time ratio ADMM/BPTT "
-              "| bound k+1.3 |")
+        print(
+            "| hidden | H-steps k | BPTT tok/s | ADMM tok/s | time ratio ADMM/BPTT | bound k+1.3 |"
+        )
         print("|---|---|---|---|---|---|")
         for h in ns.hidden:
             for k in ns.h_steps:
-                bp, _ = tprop_runner({**common, "method": "bptt", "bptt": 20, "hidden": h},
-                                     ids, ns.steps)
-                ad, _ = tprop_runner({**common, "method": "admm", "block_size": 20,
-                                      "hidden": h, "h_steps": k, "u_start_epoch": 1}, ids,
-                                     ns.steps)
-                r = alternate({"bptt": lambda o, f=bp: f(o * ns.steps),
-                               "admm": lambda o, f=ad: f(o * ns.steps)}, ns.rounds)
-                print(f"| {h} | {k} | {r['bptt']:,.0f} | {r['admm']:,.0f} | "
-                      f"{r['bptt'] / r['admm']:.2f} | {k + 1.3:.1f} |", flush=True)
+                bp, _ = tprop_runner(
+                    {**common, "method": "bptt", "bptt": 20, "hidden": h}, ids, ns.steps
+                )
+                ad, _ = tprop_runner(
+                    {
+                        **common,
+                        "method": "admm",
+                        "block_size": 20,
+                        "hidden": h,
+                        "h_steps": k,
+                        "u_start_epoch": 1,
+                    },
+                    ids,
+                    ns.steps,
+                )
+                r = alternate(
+                    {
+                        "bptt": lambda o, f=bp: f(o * ns.steps),
+                        "admm": lambda o, f=ad: f(o * ns.steps),
+                    },
+                    ns.rounds,
+                )
+                print(
+                    f"| {h} | {k} | {r['bptt']:,.0f} | {r['admm']:,.0f} | "
+                    f"{r['bptt'] / r['admm']:.2f} | {k + 1.3:.1f} |",
+                    flush=True,
+                )
     sys.stdout.flush()
 
 

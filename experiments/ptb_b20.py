@@ -22,28 +22,63 @@ import time
 from pathlib import Path
 
 SEEDS = (1111, 2222, 3333)
-COMMON = ["--dataset", "ptb", "--hidden", "100", "--batch-size", "32", "--lr", "0.1",
-          "--clip", "0.5", "--epochs", "10", "--patience", "3", "--no-progress"]
+COMMON = [
+    "--dataset",
+    "ptb",
+    "--hidden",
+    "100",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.1",
+    "--clip",
+    "0.5",
+    "--epochs",
+    "10",
+    "--patience",
+    "3",
+    "--no-progress",
+]
 H_LRS, LAMS, U_LR = ("0.1", "0.01", "0.001"), ("1", "0.1", "0.01"), "0.1"
 
 
 def bptt_runs() -> dict[str, list[str]]:
-    return {f"bptt_k20_s{s}": ["--method", "bptt", "--bptt", "20", "--seed", str(s)]
-            for s in SEEDS}
+    return {f"bptt_k20_s{s}": ["--method", "bptt", "--bptt", "20", "--seed", str(s)] for s in SEEDS}
 
 
 def admm_args(preset: str, h_lr: str, lam: str, seed: int) -> list[str]:
-    return ["--method", "admm", "--preset", preset, "--block-size", "20", "--h-steps", "1",
-            "--h-lr", h_lr, "--lam", lam, "--u-lr", U_LR, "--seed", str(seed)]
+    return [
+        "--method",
+        "admm",
+        "--preset",
+        preset,
+        "--block-size",
+        "20",
+        "--h-steps",
+        "1",
+        "--h-lr",
+        h_lr,
+        "--lam",
+        lam,
+        "--u-lr",
+        U_LR,
+        "--seed",
+        str(seed),
+    ]
 
 
 def grid_runs() -> dict[str, list[str]]:
-    return {f"admm_{p}_hlr{h}_lam{l}_s{SEEDS[0]}": admm_args(p, h, l, SEEDS[0])
-            for p in ("tprnn", "paper") for h in H_LRS for l in LAMS}
+    return {
+        f"admm_{p}_hlr{h}_lam{l}_s{SEEDS[0]}": admm_args(p, h, l, SEEDS[0])
+        for p in ("tprnn", "paper")
+        for h in H_LRS
+        for l in LAMS
+    }
 
 
-def launch(runs: dict[str, list[str]], out: Path, extra: list[str], jobs: int,
-           deadline: float) -> None:
+def launch(
+    runs: dict[str, list[str]], out: Path, extra: list[str], jobs: int, deadline: float
+) -> None:
     pending, active = list(runs.items()), {}
     while pending or active:
         while pending and len(active) < jobs:
@@ -51,8 +86,18 @@ def launch(runs: dict[str, list[str]], out: Path, extra: list[str], jobs: int,
             folder = out / name
             if (folder / "summary.json").exists():
                 continue
-            cmd = [sys.executable, "-m", "tprop.cli", "train", *COMMON, *args, *extra,
-                   "--out", str(folder), "--overwrite"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "tprop.cli",
+                "train",
+                *COMMON,
+                *args,
+                *extra,
+                "--out",
+                str(folder),
+                "--overwrite",
+            ]
             folder.mkdir(parents=True, exist_ok=True)
             log = open(out / f"{name}.log", "w")
             log.write(" ".join(cmd[2:]) + "\n")
@@ -86,18 +131,30 @@ def write_tables(out: Path, res: dict[str, dict], command: str) -> None:
     groups: dict[str, list[float]] = {}
     for name, s in res.items():
         groups.setdefault(config_key(name), []).append(float(s["best_valid_ppl"]))
-    lines = [f"Command: `{command}`", "",
-             "| configuration | seeds | best valid ppl: mean ± std | runs |", "|---|---|---|---|"]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "| configuration | seeds | best valid ppl: mean ± std | runs |",
+        "|---|---|---|---|",
+    ]
     for key, vals in sorted(groups.items(), key=lambda kv: statistics.mean(kv[1])):
         sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        lines.append(f"| {key} | {len(vals)} | {statistics.mean(vals):.2f} ± {sd:.2f} | "
-                     + ", ".join(f"{v:.2f}" for v in vals) + " |")
-    lines += ["", "| run | best valid ppl | best epoch | epochs | test ppl | train tok/s | "
-              "device | wall s |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {key} | {len(vals)} | {statistics.mean(vals):.2f} ± {sd:.2f} | "
+            + ", ".join(f"{v:.2f}" for v in vals)
+            + " |"
+        )
+    lines += [
+        "",
+        "| run | best valid ppl | best epoch | epochs | test ppl | train tok/s | device | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in res.items():
-        lines.append(f"| {name} | {float(s['best_valid_ppl']):.2f} | {s['best_epoch']} | "
-                     f"{s['epochs']} | {s['test_ppl'] and round(s['test_ppl'], 2)} | "
-                     f"{s['train_tokens_per_s']:.0f} | {s['device']} | {s['wall_s']:.0f} |")
+        lines.append(
+            f"| {name} | {float(s['best_valid_ppl']):.2f} | {s['best_epoch']} | "
+            f"{s['epochs']} | {s['test_ppl'] and round(s['test_ppl'], 2)} | "
+            f"{s['train_tokens_per_s']:.0f} | {s['device']} | {s['wall_s']:.0f} |"
+        )
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"groups": groups, "runs": res}, indent=1))
 

@@ -14,8 +14,10 @@ def write_tiny_ptb(root: Path, n_lines=(120, 20, 20), seed: int = 0) -> Path:
     folder = root / "ptb"
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in zip(("train", "valid", "test"), n_lines, strict=False):
-        lines = [" " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + " "
-                 for _ in range(n)]
+        lines = [
+            " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + " "
+            for _ in range(n)
+        ]
         if split == "train":
             lines.append(" " + " ".join(WORDS) + " ")  # every word occurs in train
         (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")

@@ -43,19 +43,75 @@ def l1(z_next, e, u, lam, decode):
 def test_a_new_constraint_is_one_function_and_one_row(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setitem(objective.CONSTRAINTS, "l1", l1)  # the one row
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "ptb", "--data-dir", str(tiny_data), "--hidden", "8",
-                 "--batch-size", "4", "--epochs", "1", "--no-progress", "--device", "cpu",
-                 "--method", "admm", "--block-size", "5", "--u-start-epoch", "1",
-                 "--constraint", "l1", "--lam", "0.5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "ptb",
+                "--data-dir",
+                str(tiny_data),
+                "--hidden",
+                "8",
+                "--batch-size",
+                "4",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--method",
+                "admm",
+                "--block-size",
+                "5",
+                "--u-start-epoch",
+                "1",
+                "--constraint",
+                "l1",
+                "--lam",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     epoch = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][0]
     assert cfg["constraint"] == "l1" and epoch["tp/dual_norm"] > 0
     # The L1 dual step moves each u by ±α_u·λ/(scale): a different run from L2.
     out2 = tmp_path / "run2"
-    assert main(["train", "--dataset", "ptb", "--data-dir", str(tiny_data), "--hidden", "8",
-                 "--batch-size", "4", "--epochs", "1", "--no-progress", "--device", "cpu",
-                 "--method", "admm", "--block-size", "5", "--u-start-epoch", "1",
-                 "--lam", "0.5", "--out", str(out2)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "ptb",
+                "--data-dir",
+                str(tiny_data),
+                "--hidden",
+                "8",
+                "--batch-size",
+                "4",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--method",
+                "admm",
+                "--block-size",
+                "5",
+                "--u-start-epoch",
+                "1",
+                "--lam",
+                "0.5",
+                "--out",
+                str(out2),
+            ]
+        )
+        == 0
+    )
     epoch2 = [json.loads(x) for x in (out2 / "metrics.jsonl").read_text().splitlines()][0]
     assert epoch["tp/theta_loss"] != epoch2["tp/theta_loss"]
 

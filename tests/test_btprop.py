@@ -16,11 +16,12 @@ from torch.autograd import gradcheck
 
 from tprop import objective
 from tprop.batching import batchify
-from tprop.btprop import BlockTP
-from tprop.config import build, resolve
-from tprop.model import RNNLM
 from tprop.bptt import TruncatedBPTT
+from tprop.btprop import BlockTP
 from tprop.checkpoint import seed_everything
+from tprop.config import build
+from tprop.model import RNNLM
+from tprop.presets import resolve
 from tprop.train import build_method, build_model, make_optimizer
 
 V, D = 23, 7
@@ -45,9 +46,19 @@ def flat(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-APPENDIX = dict(optim="sgd", lr=1.0, clip=0.0, h_optim="sgd", theta_steps=1, h_steps=1,
-                z_init="chained", z_last="none", loss_scale="sum", layout="adjacent",
-                preset="paper")
+APPENDIX = dict(
+    optim="sgd",
+    lr=1.0,
+    clip=0.0,
+    h_optim="sgd",
+    theta_steps=1,
+    h_steps=1,
+    z_init="chained",
+    z_last="none",
+    loss_scale="sum",
+    layout="adjacent",
+    preset="paper",
+)
 
 
 def pen_grad_from_step(model, ids, h0, eta, lam, rows, B, **kw):
@@ -60,8 +71,9 @@ def pen_grad_from_step(model, ids, h0, eta, lam, rows, B, **kw):
     out = {}
     for key, lam_ in (("pen", lam), ("zero", 0.0)):
         m = copy.deepcopy(model)
-        method, _ = tp(m, ids, batch_size=rows, block_size=B, h_lr=eta, lam=lam_,
-                       **{**APPENDIX, **kw})
+        method, _ = tp(
+            m, ids, batch_size=rows, block_size=B, h_lr=eta, lam=lam_, **{**APPENDIX, **kw}
+        )
         method.carry = h0.clone()
         method.step(0, rows, epoch=1)
         grad = torch.cat([p.grad.reshape(-1) for p in m.parameters()])
@@ -116,21 +128,25 @@ def test_appendix_T3_error_is_first_order():
     with torch.no_grad():
         z = [h0]
         for j in range(n):
-            z.append(model.states(x[j * B:(j + 1) * B], z[j])[1])
+            z.append(model.states(x[j * B : (j + 1) * B], z[j])[1])
     d = []
     for j in range(n):
         zj = z[j].clone().requires_grad_()
-        logits, _ = model(x[j * B:(j + 1) * B], zj)
-        d.append(torch.autograd.grad(objective.nll_sum(logits, y[j * B:(j + 1) * B]), zj)[0])
+        logits, _ = model(x[j * B : (j + 1) * B], zj)
+        d.append(torch.autograd.grad(objective.nll_sum(logits, y[j * B : (j + 1) * B]), zj)[0])
     ref_full, ref_cross = torch.zeros_like(flat(model)), torch.zeros_like(flat(model))
     for j in range(n - 1):  # constraints 0..n-2 (no target after the last block)
-        xs = x[j * B:(j + 1) * B]
+        xs = x[j * B : (j + 1) * B]
         _, jd = torch.autograd.functional.jvp(lambda s, xs=xs: model.states(xs, s)[1], z[j], d[j])
         for vec, acc in ((d[j + 1] - jd, ref_full), (d[j + 1], ref_cross)):
             _, e = model.states(xs, z[j])
             g = torch.autograd.grad(e, params, grad_outputs=vec, allow_unused=True)
-            acc += torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                              for gi, p in zip(g, params, strict=False)])
+            acc += torch.cat(
+                [
+                    (gi if gi is not None else torch.zeros_like(p)).reshape(-1)
+                    for gi, p in zip(g, params, strict=False)
+                ]
+            )
 
     errs, errs_cross = [], []
     for eta in (1e-1, 1e-2, 1e-3, 1e-4):
@@ -150,8 +166,18 @@ def test_blocks_batched_equal_blocks_one_by_one(method):
     results = []
     for chunk in (10_000, B):  # one chunk of all rows | one block per chunk
         m = make_model()
-        mtd, _ = tp(m, ids, batch_size=R, block_size=B, chunk_tokens=chunk, method=method,
-                    h_steps=2, h_lr=0.01, lam=0.5, preset="tprnn")
+        mtd, _ = tp(
+            m,
+            ids,
+            batch_size=R,
+            block_size=B,
+            chunk_tokens=chunk,
+            method=method,
+            h_steps=2,
+            h_lr=0.01,
+            lam=0.5,
+            preset="tprnn",
+        )
         assert (mtd.chunk_rows >= R) if chunk > B * R else (mtd.chunk_rows == 1)
         stats = [mtd.step(a, b, epoch=5) for a, b in mtd.steps()]
         results.append((flat(m), torch.stack([s["theta_loss"] for s in stats])))
@@ -167,8 +193,17 @@ def test_admm_with_zero_dual_step_is_pm(preset):
     for method, u_lr in (("pm", None), ("admm", 0.0), ("admm", 0.5)):
         m = make_model()
         kw = {} if u_lr is None else {"u_lr": u_lr, "u_start_epoch": 1}
-        mtd, _ = tp(m, ids, batch_size=4,
-                    block_size=B, method=method, preset=preset, lam=1.0, h_lr=0.01, **kw)
+        mtd, _ = tp(
+            m,
+            ids,
+            batch_size=4,
+            block_size=B,
+            method=method,
+            preset=preset,
+            lam=1.0,
+            h_lr=0.01,
+            **kw,
+        )
         for _ in range(2):  # two epochs: persisted U (paper) is reused
             mtd.start_epoch()
             for a, b in mtd.steps():
@@ -184,12 +219,23 @@ def test_no_h_steps_no_penalty_is_truncated_bptt(cell):
     B, S, steps = 5, 4, 6
     ids = tokens(B * S * (steps + 1) + S, seed=11)
     m_tp, m_bptt = make_model(cell), make_model(cell)
-    mtd, cfg = tp(m_tp, ids, batch_size=S, block_size=B, h_steps=0, lam=0.0,
-                  preset="paper", layout="streams", z_init="chained", loss_scale="mean",
-                  adagrad_eps=1e-10)
+    mtd, cfg = tp(
+        m_tp,
+        ids,
+        batch_size=S,
+        block_size=B,
+        h_steps=0,
+        lam=0.0,
+        preset="paper",
+        layout="streams",
+        z_init="chained",
+        loss_scale="mean",
+        adagrad_eps=1e-10,
+    )
     bcfg = resolve(build({"method": "bptt", "bptt": B, "batch_size": S, "dtype": "float64"}))
-    bptt = TruncatedBPTT(m_bptt, make_optimizer(bcfg, m_bptt), batchify(ids, S), B,
-                         bcfg.clip, False)
+    bptt = TruncatedBPTT(
+        m_bptt, make_optimizer(bcfg, m_bptt), batchify(ids, S), B, bcfg.clip, False
+    )
     assert mtd.steps()[:steps] == [(i, i + 1) for i in range(steps)]
     mtd.start_epoch()
     bptt.start_epoch()
@@ -211,8 +257,10 @@ def test_objective_terms_gradcheck():
     assert gradcheck(lambda r, u: objective.penalty(r, u, 0.7), (z, u))
     nll, pen = torch.randn((), **dd), torch.randn((), **dd)
     for scale in ("sum", "mean"):
-        assert gradcheck(lambda a, b, s=scale: objective.lagrangian(
-            a, b, block_size=5, n_blocks=3, scale=s), (nll, pen))
+        assert gradcheck(
+            lambda a, b, s=scale: objective.lagrangian(a, b, block_size=5, n_blocks=3, scale=s),
+            (nll, pen),
+        )
 
 
 def test_lagrangian_scaling_by_hand():
@@ -240,10 +288,13 @@ def test_golden_first_losses(name):
     NLL, the paper preset's Eq. 7 sum) are ≈ 20 tokens × 3.135 = 62.7; the tprnn preset's mean
     is ≈ 3.14 plus a small penalty."""
     ids = torch.randint(0, 23, (401,), generator=torch.Generator().manual_seed(42))
-    kw = {"bptt": dict(method="bptt", bptt=5), "pm": dict(method="pm"),
-          "admm-tprnn": dict(method="admm", u_start_epoch=1),
-          "admm-paper": dict(method="admm", preset="paper"),
-          "alm": dict(method="alm", u_start_epoch=1)}[name]
+    kw = {
+        "bptt": dict(method="bptt", bptt=5),
+        "pm": dict(method="pm"),
+        "admm-tprnn": dict(method="admm", u_start_epoch=1),
+        "admm-paper": dict(method="admm", preset="paper"),
+        "alm": dict(method="alm", u_start_epoch=1),
+    }[name]
     if name != "bptt":
         kw = {**kw, "block_size": 5, "h_lr": 0.01, "h_steps": 2}
     cfg = resolve(build({"dtype": "float64", "hidden": 8, "batch_size": 4, "seed": 7, **kw}))
@@ -259,8 +310,17 @@ def test_golden_first_losses(name):
 @pytest.mark.parametrize("preset", ["paper", "tprnn"])
 def test_batch_mode_keeps_dataset_sized_z_and_u_across_epochs(preset):
     ids = tokens(4 * 5 * 6 + 1, seed=13)
-    mtd, cfg = tp(make_model(), ids, method="admm", preset=preset, full_batch=True,
-                  block_size=5, batch_size=4, u_start_epoch=1, chunk_tokens=20)
+    mtd, cfg = tp(
+        make_model(),
+        ids,
+        method="admm",
+        preset=preset,
+        full_batch=True,
+        block_size=5,
+        batch_size=4,
+        u_start_epoch=1,
+        chunk_tokens=20,
+    )
     assert cfg.persist_z and cfg.persist_u and len(mtd.steps()) == 1  # one step = one epoch
     inits = []
     real_init = mtd.init_z

@@ -11,7 +11,8 @@ import torch
 
 from tprop.batching import block_rows
 from tprop.checkpoint import seed_everything
-from tprop.config import ConfigError, build, resolve
+from tprop.config import ConfigError, build
+from tprop.presets import resolve
 from tprop.train import build_method, build_model, make_optimizer
 
 V = 50
@@ -47,17 +48,28 @@ def test_batch_mode_last_target_does_not_depend_on_the_chunk_size():
     ids = torch.randint(0, V, (8 * 20 * 6 + 1,), generator=torch.Generator().manual_seed(4))
     ends = []
     for chunk in (16384, 60, 20):
-        mt, _ = method_for(ids, method="admm", preset="paper", layout="adjacent", h_lr=0.1,
-                           full_batch=True, chunk_tokens=chunk)
+        mt, _ = method_for(
+            ids,
+            method="admm",
+            preset="paper",
+            layout="adjacent",
+            h_lr=0.1,
+            full_batch=True,
+            chunk_tokens=chunk,
+        )
         mt.step(*mt.steps()[0], epoch=1)
         ends.append(mt.Z[-1].clone())
     for e in ends[1:]:  # rounding differences only, not a step of h-lr = 0.1
         assert (e - ends[0]).abs().max() < 1e-5
 
 
-SWITCHES = dict(preset=["paper", "tprnn"], z_init=["chained", "zero_start", "zero"],
-                dual_placement=["before_h", "before_theta", "after_theta"], h_steps=[0, 1],
-                persist_u=[False, True])
+SWITCHES = dict(
+    preset=["paper", "tprnn"],
+    z_init=["chained", "zero_start", "zero"],
+    dual_placement=["before_h", "before_theta", "after_theta"],
+    h_steps=[0, 1],
+    persist_u=[False, True],
+)
 
 
 @pytest.mark.parametrize("method", ["admm", "alm"])
@@ -70,8 +82,16 @@ def test_wherever_a_dual_method_is_accepted_it_is_not_pm(method):
         kw = dict(zip(SWITCHES, combo, strict=True))
         if method == "alm" and kw["h_steps"] == 0:
             continue
-        common = dict(dtype="float64", hidden=6, block_size=5, batch_size=4, h_lr=0.01,
-                      lam=0.5, u_start_epoch=1, **kw)
+        common = dict(
+            dtype="float64",
+            hidden=6,
+            block_size=5,
+            batch_size=4,
+            h_lr=0.01,
+            lam=0.5,
+            u_start_epoch=1,
+            **kw,
+        )
         try:
             resolve(build({"method": method, **common}))
         except ConfigError as e:
@@ -95,7 +115,7 @@ def test_wherever_a_dual_method_is_accepted_it_is_not_pm(method):
 @pytest.mark.parametrize("flag", ["adagrad_eps", "h_eps"])
 @pytest.mark.parametrize("value", [0.0, -1e-8])
 def test_non_positive_adagrad_eps_is_refused(flag, value):
-    with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} must be > 0"):
+    with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} must be a positive number"):
         resolve(build({"method": "admm", flag: value}))
 
 
@@ -104,8 +124,16 @@ def test_rows_per_step_lets_neighbouring_blocks_meet():
     the epoch covers the same blocks as R = 1, and the H-step reaches interior targets through
     the NLL of the block after them (with R = 1 there is no interior target)."""
     ids = torch.randint(0, V, (4 * 5 * 13 + 4,), generator=torch.Generator().manual_seed(6))
-    common = dict(method="pm", preset="paper", layout="streams", batch_size=4, block_size=5,
-                  dtype="float64", hidden=6, lam=0.0)  # λ = 0: only the NLL reaches z
+    common = dict(
+        method="pm",
+        preset="paper",
+        layout="streams",
+        batch_size=4,
+        block_size=5,
+        dtype="float64",
+        hidden=6,
+        lam=0.0,
+    )  # λ = 0: only the NLL reaches z
     one, _ = method_for(ids, **common)
     three, cfg = method_for(ids, rows_per_step=3, **common)
     assert three.n_streams == 4 and three.rows_per_step == 3
@@ -121,8 +149,13 @@ def test_rows_per_step_lets_neighbouring_blocks_meet():
 @pytest.mark.parametrize("method", ["bptt", "admm"])
 def test_carry_across_epochs_switch(method):
     ids = torch.randint(0, V, (4 * 5 * 8 + 1,), generator=torch.Generator().manual_seed(7))
-    kw = dict(method=method, batch_size=4, hidden=6, dtype="float64",
-              **({"bptt": 5} if method == "bptt" else {"block_size": 5}))
+    kw = dict(
+        method=method,
+        batch_size=4,
+        hidden=6,
+        dtype="float64",
+        **({"bptt": 5} if method == "bptt" else {"block_size": 5}),
+    )
     for carry in (False, True):
         mt, _ = method_for(ids, carry_across_epochs=carry, **kw)
         mt.start_epoch()

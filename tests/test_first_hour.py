@@ -14,10 +14,18 @@ from pathlib import Path
 from tprop.cli import demo_config, main
 from tprop.train import train
 
-TINY = ["--dataset", "ptb", "--hidden", "16", "--batch-size", "4", "--no-progress",
-        "--device", "cpu"]
-DEMO_SMALL = ["--train-limit", "3000", "--eval-limit", "1000", "--epochs", "2",
-              "--device", "cpu"]
+TINY = [
+    "--dataset",
+    "ptb",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "4",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
+DEMO_SMALL = ["--train-limit", "3000", "--eval-limit", "1000", "--epochs", "2", "--device", "cpu"]
 
 
 def epochs(run: Path) -> list[dict]:
@@ -31,8 +39,14 @@ def test_demo_admm_takes_dual_steps_differs_from_pm_and_runs_twice(tmp_path, cap
     first = capsys.readouterr().out
     assert all(e["tp/dual_norm"] > 0 for e in epochs(out / "admm"))  # duals from epoch 1
     # The same run as the penalty method (no duals) ends elsewhere.
-    ns = argparse.Namespace(out=str(tmp_path / "pm"), device="cpu", train_limit=3000,
-                            eval_limit=1000, epochs=2, overwrite=False)
+    ns = argparse.Namespace(
+        out=str(tmp_path / "pm"),
+        device="cpu",
+        train_limit=3000,
+        eval_limit=1000,
+        epochs=2,
+        overwrite=False,
+    )
     pm = train(demo_config("admm", ns, method="pm", u_lr=None))
     admm = json.loads((out / "admm" / "summary.json").read_text())
     assert pm["best_valid_ppl"] != admm["best_valid_ppl"]
@@ -46,8 +60,25 @@ def test_demo_admm_takes_dual_steps_differs_from_pm_and_runs_twice(tmp_path, cap
 
 
 def test_admm_that_never_reaches_its_dual_epoch_says_so(tiny_data, tmp_path, capsys):
-    assert main(["train", *TINY, "--data-dir", str(tiny_data), "--epochs", "2",
-                 "--method", "admm", "--block-size", "5", "--out", str(tmp_path / "r")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--data-dir",
+                str(tiny_data),
+                "--epochs",
+                "2",
+                "--method",
+                "admm",
+                "--block-size",
+                "5",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "note: admm takes its first dual step in epoch 3" in out
     assert "this run is the penalty method" in out
@@ -55,9 +86,27 @@ def test_admm_that_never_reaches_its_dual_epoch_says_so(tiny_data, tmp_path, cap
 
 def test_eval_takes_a_run_folder_and_applies_the_runs_limits(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--data-dir", str(tiny_data), "--epochs", "1",
-                 "--method", "bptt", "--bptt", "5", "--eval-limit", "100",
-                 "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--data-dir",
+                str(tiny_data),
+                "--epochs",
+                "1",
+                "--method",
+                "bptt",
+                "--bptt",
+                "5",
+                "--eval-limit",
+                "100",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--no-progress"]) == 0
@@ -72,9 +121,26 @@ def test_eval_takes_a_run_folder_and_applies_the_runs_limits(tiny_data, tmp_path
 
 def test_divergence_in_the_first_epoch_says_only_what_is_true(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", *TINY, "--data-dir", str(tiny_data), "--epochs", "2",
-                 "--optim", "sgd", "--lr", "50", "--clip", "0", "--max-ppl", "100",
-                 "--out", str(run)])
+    code = main(
+        [
+            "train",
+            *TINY,
+            "--data-dir",
+            str(tiny_data),
+            "--epochs",
+            "2",
+            "--optim",
+            "sgd",
+            "--lr",
+            "50",
+            "--clip",
+            "0",
+            "--max-ppl",
+            "100",
+            "--out",
+            str(run),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 3 and err.count("\n") == 1, err
     assert "saved no checkpoint yet" in err and "last good checkpoint" not in err, err
@@ -85,14 +151,35 @@ def test_divergence_in_the_first_epoch_says_only_what_is_true(tiny_data, tmp_pat
 
 def test_a_closed_pipe_ends_quietly(tiny_data, tmp_path):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--data-dir", str(tiny_data), "--epochs", "1",
-                 "--method", "bptt", "--bptt", "5", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--data-dir",
+                str(tiny_data),
+                "--epochs",
+                "1",
+                "--method",
+                "bptt",
+                "--bptt",
+                "5",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     # `tprop eval … | head -0`: the reader is gone before tprop writes a byte.
     r, w = os.pipe()
     os.close(r)
-    proc = subprocess.run([sys.executable, "-m", "tprop", "eval", "--checkpoint", str(run),
-                           "--no-progress"], stdout=w, stderr=subprocess.PIPE, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tprop", "eval", "--checkpoint", str(run), "--no-progress"],
+        stdout=w,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
     os.close(w)
     assert proc.stderr == "" and proc.returncode == 141, proc.stderr
 
@@ -101,10 +188,27 @@ def test_two_runs_into_one_folder_one_writer(tiny_data, tmp_path):
     """Started together, one run trains and the other is refused in one line: the folder ends
     with one run's files, never a mix."""
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "tprop", "train", *TINY, "--data-dir", str(tiny_data),
-            "--epochs", "2", "--method", "bptt", "--bptt", "5", "--out", str(run)]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    args = [
+        sys.executable,
+        "-m",
+        "tprop",
+        "train",
+        *TINY,
+        "--data-dir",
+        str(tiny_data),
+        "--epochs",
+        "2",
+        "--method",
+        "bptt",
+        "--bptt",
+        "5",
+        "--out",
+        str(run),
+    ]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     codes = sorted(c for c, _ in results)
     assert codes == [0, 2], results
@@ -116,15 +220,53 @@ def test_two_runs_into_one_folder_one_writer(tiny_data, tmp_path):
 
 def test_a_held_folder_is_refused_and_a_dead_writer_does_not_block(tiny_data, tmp_path):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--data-dir", str(tiny_data), "--epochs", "1",
-                 "--method", "bptt", "--bptt", "5", "--out", str(run)]) == 0
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
-        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"), str(run)],
-        stdout=subprocess.PIPE, text=True)
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--data-dir",
+                str(tiny_data),
+                "--epochs",
+                "1",
+                "--method",
+                "bptt",
+                "--bptt",
+                "5",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+            ),
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
-    resume = [sys.executable, "-m", "tprop", "train", "--out", str(run), "--resume",
-              "--epochs", "2", "--data-dir", str(tiny_data), "--no-progress"]
+    resume = [
+        sys.executable,
+        "-m",
+        "tprop",
+        "train",
+        "--out",
+        str(run),
+        "--resume",
+        "--epochs",
+        "2",
+        "--data-dir",
+        str(tiny_data),
+        "--no-progress",
+    ]
     proc = subprocess.run(resume, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "another tprop process" in proc.stderr, proc.stderr
     holder.kill()  # the writer dies: the kernel drops its lock
@@ -139,8 +281,25 @@ def test_run_files_follow_the_umask(tiny_data, tmp_path):
     old = os.umask(0o022)
     try:
         run = tmp_path / "run"
-        assert main(["train", *TINY, "--data-dir", str(tiny_data), "--epochs", "1",
-                     "--method", "bptt", "--bptt", "5", "--out", str(run)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    *TINY,
+                    "--data-dir",
+                    str(tiny_data),
+                    "--epochs",
+                    "1",
+                    "--method",
+                    "bptt",
+                    "--bptt",
+                    "5",
+                    "--out",
+                    str(run),
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()}

@@ -20,20 +20,57 @@ from tprop.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # TPROP_TEST_DEVICE=cuda runs the resume tests on a GPU (a device check, not part of CI).
-RUN = ["--dataset", "ptb", "--hidden", "24", "--batch-size", "4", "--no-progress",
-       "--device", os.environ.get("TPROP_TEST_DEVICE", "cpu"), "--deterministic",
-       "--method", "admm", "--preset", "paper",
-       "--block-size", "5", "--h-steps", "2", "--u-start-epoch", "2", "--epochs", "8",
-       "--patience", "0", "--checkpoint-every", "0.0005"]  # a checkpoint every ~30 ms
+RUN = [
+    "--dataset",
+    "ptb",
+    "--hidden",
+    "24",
+    "--batch-size",
+    "4",
+    "--no-progress",
+    "--device",
+    os.environ.get("TPROP_TEST_DEVICE", "cpu"),
+    "--deterministic",
+    "--method",
+    "admm",
+    "--preset",
+    "paper",
+    "--block-size",
+    "5",
+    "--h-steps",
+    "2",
+    "--u-start-epoch",
+    "2",
+    "--epochs",
+    "8",
+    "--patience",
+    "0",
+    "--checkpoint-every",
+    "0.0005",
+]  # a checkpoint every ~30 ms
 TIMING = {"time/wall_s", "train/tokens_per_s", "train/epoch_s"}
-SUMMARY = ("best_valid_ppl", "best_epoch", "final_valid_ppl", "valid_ppl_history", "test_ppl",
-           "test_bits", "epochs", "stop_reason")
+SUMMARY = (
+    "best_valid_ppl",
+    "best_epoch",
+    "final_valid_ppl",
+    "valid_ppl_history",
+    "test_ppl",
+    "test_bits",
+    "epochs",
+    "stop_reason",
+)
 
 
 def cli(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tprop.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tprop.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
@@ -43,8 +80,7 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
 
 def epoch_records(run: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows
-            if r["event"] == "epoch"]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows if r["event"] == "epoch"]
 
 
 def outcome(run: Path) -> tuple[list[dict], dict]:
@@ -81,10 +117,13 @@ def tmp_files(run: Path) -> list[Path]:
 
 KILL_POINTS = {
     "first checkpoint": lambda run: (run / "checkpoint.pt").exists(),
-    "third epoch": lambda run: (run / "metrics.jsonl").exists()
-    and (run / "metrics.jsonl").read_text().count('"event": "epoch"') >= 3,
-    "during a checkpoint write": lambda run: (run / "checkpoint.pt").exists()
-    and bool(tmp_files(run)),
+    "third epoch": lambda run: (
+        (run / "metrics.jsonl").exists()
+        and (run / "metrics.jsonl").read_text().count('"event": "epoch"') >= 3
+    ),
+    "during a checkpoint write": lambda run: (
+        (run / "checkpoint.pt").exists() and bool(tmp_files(run))
+    ),
 }
 
 
@@ -129,8 +168,21 @@ def test_sigterm_checkpoints_and_exits_143_then_resumes(reference, tmp_path):
 
 
 # ---- bad input battery ---------------------------------------------------------------------
-TINY = ["--dataset", "ptb", "--hidden", "16", "--batch-size", "4", "--epochs", "1",
-        "--no-progress", "--device", "cpu", "--bptt", "5"]
+TINY = [
+    "--dataset",
+    "ptb",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "1",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--bptt",
+    "5",
+]
 
 
 def one_line(capsys, argv, needle, code=2) -> str:
@@ -167,10 +219,16 @@ def corrupt_data(kind: str, root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("kind,needle", [
-    ("binary", "train"), ("truncated gz", "train"), ("empty", "empty"),
-    ("missing", "train"), ("unseen valid token", "zebra"),
-])
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("binary", "train"),
+        ("truncated gz", "train"),
+        ("empty", "empty"),
+        ("missing", "train"),
+        ("unseen valid token", "zebra"),
+    ],
+)
 def test_bad_data_file(tmp_path, capsys, kind, needle):
     data = corrupt_data(kind, tmp_path / "d")
     out = tmp_path / "run"
@@ -206,38 +264,79 @@ def bad_checkpoint(kind: str, path: Path) -> None:
         torch.save({"model": torch.nn.Linear(2, 2)}, path)
 
 
-@pytest.mark.parametrize("kind,needle", [
-    ("truncated", "corrupt or truncated"), ("garbage", "corrupt or truncated"),
-    ("foreign", "not a tprop checkpoint"), ("pickled code", "needs pickled code"),
-])
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("truncated", "corrupt or truncated"),
+        ("garbage", "corrupt or truncated"),
+        ("foreign", "not a tprop checkpoint"),
+        ("pickled code", "needs pickled code"),
+    ],
+)
 def test_bad_checkpoint_for_eval_and_resume(finished_run, tiny_data, capsys, kind, needle):
     ck = finished_run / "checkpoint.pt"
     bad_checkpoint(kind, ck)
     before = snapshot(finished_run)
     one_line(capsys, ["eval", "--checkpoint", str(ck), "--data-dir", str(tiny_data)], needle)
-    one_line(capsys, ["train", "--out", str(finished_run), "--resume", "--epochs", "2",
-                      "--data-dir", str(tiny_data)], needle)
+    one_line(
+        capsys,
+        [
+            "train",
+            "--out",
+            str(finished_run),
+            "--resume",
+            "--epochs",
+            "2",
+            "--data-dir",
+            str(tiny_data),
+        ],
+        needle,
+    )
     assert snapshot(finished_run) == before
 
 
-@pytest.mark.parametrize("flag,value,needle", [
-    ("--hidden", "32", "hidden=16"), ("--method", "pm", "method='bptt'"),
-    ("--cell", "lstm", "cell='gru'"), ("--dataset", "wikitext-2", "dataset='ptb'"),
-])
-def test_resume_with_a_different_setup_is_refused(finished_run, tiny_data, capsys, flag, value,
-                                                  needle):
+@pytest.mark.parametrize(
+    "flag,value,needle",
+    [
+        ("--hidden", "32", "hidden=16"),
+        ("--method", "pm", "method='bptt'"),
+        ("--cell", "lstm", "cell='gru'"),
+        ("--dataset", "wikitext-2", "dataset='ptb'"),
+    ],
+)
+def test_resume_with_a_different_setup_is_refused(
+    finished_run, tiny_data, capsys, flag, value, needle
+):
     before = snapshot(finished_run)
     extra = ["--block-size", "5"] if value == "pm" else []
-    one_line(capsys, ["train", "--out", str(finished_run), "--resume", "--epochs", "2",
-                      "--data-dir", str(tiny_data), flag, value, *extra], needle)
+    one_line(
+        capsys,
+        [
+            "train",
+            "--out",
+            str(finished_run),
+            "--resume",
+            "--epochs",
+            "2",
+            "--data-dir",
+            str(tiny_data),
+            flag,
+            value,
+            *extra,
+        ],
+        needle,
+    )
     assert snapshot(finished_run) == before
 
 
 def test_resume_without_checkpoint_and_unreadable_config(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     one_line(capsys, ["train", "--out", str(tmp_path / "empty"), "--resume"], "no checkpoint")
-    one_line(capsys, ["train", "--config", str(tmp_path), "--out", str(tmp_path / "r")],
-             "cannot read config file")
+    one_line(
+        capsys,
+        ["train", "--config", str(tmp_path), "--out", str(tmp_path / "r")],
+        "cannot read config file",
+    )
     one_line(capsys, ["train", "--config", str(tmp_path / "nope.toml")], "does not exist")
 
 
@@ -252,8 +351,18 @@ def test_full_disk_while_writing_a_checkpoint(finished_run, tiny_data):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = cli("train", "--out", str(finished_run), "--resume", "--epochs", "2",
-               "--data-dir", str(tiny_data), "--no-progress", preexec_fn=small_files)
+    proc = cli(
+        "train",
+        "--out",
+        str(finished_run),
+        "--resume",
+        "--epochs",
+        "2",
+        "--data-dir",
+        str(tiny_data),
+        "--no-progress",
+        preexec_fn=small_files,
+    )
     code, err = finish(proc)
     assert code == 2, err
     assert err.strip().count("\n") == 0 and "could not write" in err and "--resume" in err, err
@@ -264,20 +373,55 @@ def test_full_disk_while_writing_a_checkpoint(finished_run, tiny_data):
 
 def test_divergence_guard_keeps_the_last_good_checkpoint(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--epochs", "2", "--data-dir", str(tiny_data), "--out",
-                 str(out)]) == 0
+    assert (
+        main(["train", *TINY, "--epochs", "2", "--data-dir", str(tiny_data), "--out", str(out)])
+        == 0
+    )
     good = (out / "checkpoint.pt").read_bytes()
-    one_line(capsys, ["train", "--out", str(out), "--resume", "--epochs", "4", "--max-ppl",
-                      "1.001", "--data-dir", str(tiny_data)], "diverged", code=3)
+    one_line(
+        capsys,
+        [
+            "train",
+            "--out",
+            str(out),
+            "--resume",
+            "--epochs",
+            "4",
+            "--max-ppl",
+            "1.001",
+            "--data-dir",
+            str(tiny_data),
+        ],
+        "diverged",
+        code=3,
+    )
     assert (out / "checkpoint.pt").read_bytes() == good
     assert json.loads((out / "summary.json").read_text())["stop_reason"].startswith(
-        "diverged: valid ppl")
+        "diverged: valid ppl"
+    )
 
 
 def test_nan_loss_stops_the_run(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
-    one_line(capsys, ["train", *TINY, "--optim", "sgd", "--lr", "1e38", "--clip", "0",
-                      "--data-dir", str(tiny_data), "--out", str(out)], "NaN", code=3)
+    one_line(
+        capsys,
+        [
+            "train",
+            *TINY,
+            "--optim",
+            "sgd",
+            "--lr",
+            "1e38",
+            "--clip",
+            "0",
+            "--data-dir",
+            str(tiny_data),
+            "--out",
+            str(out),
+        ],
+        "NaN",
+        code=3,
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert "NaN or infinite" in summary["stop_reason"]
 
@@ -294,9 +438,14 @@ def test_every_torch_load_uses_weights_only():
 
 
 def test_resolve_is_idempotent():
-    from tprop.config import build, resolve
+    from tprop.config import build
+    from tprop.presets import resolve
 
-    for values in ({"method": "pm"}, {"method": "admm", "preset": "paper", "full_batch": True},
-                   {"method": "bptt"}, {"method": "alm", "z_init": "chained"}):
+    for values in (
+        {"method": "pm"},
+        {"method": "admm", "preset": "paper", "full_batch": True},
+        {"method": "bptt"},
+        {"method": "alm", "z_init": "chained"},
+    ):
         once = resolve(build(values))
         assert resolve(build(once.to_dict())) == once

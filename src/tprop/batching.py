@@ -52,7 +52,7 @@ def n_windows(data: Tensor, k: int) -> int:
 
 def window(data: Tensor, i: int, k: int) -> tuple[Tensor, Tensor]:
     """Window i of k rows: inputs (k, S) and targets (k, S)."""
-    return data[i * k: (i + 1) * k], data[i * k + 1: (i + 1) * k + 1]
+    return data[i * k : (i + 1) * k], data[i * k + 1 : (i + 1) * k + 1]
 
 
 def layout_shape(layout: str, batch_size: int, rows_per_step: int = 0) -> tuple[int, int]:
@@ -72,5 +72,5 @@ def block_rows(data: Tensor, row0: int, n_rows: int, block: int) -> tuple[Tensor
     s = data.shape[1]
     lo, hi = row0 * block, (row0 + n_rows) * block
     x = data[lo:hi].view(n_rows, block, s).transpose(0, 1).reshape(block, n_rows * s)
-    y = data[lo + 1: hi + 1].view(n_rows, block, s).transpose(0, 1).reshape(block, n_rows * s)
+    y = data[lo + 1 : hi + 1].view(n_rows, block, s).transpose(0, 1).reshape(block, n_rows * s)
     return x, y

@@ -17,8 +17,16 @@ from tprop.objective import nll_sum
 class TruncatedBPTT:
     """`Method` for truncated BPTT; ``full_batch`` makes one θ update per epoch."""
 
-    def __init__(self, model: RNNLM, optimizer: torch.optim.Optimizer, data: Tensor, k: int,
-                 clip: float, full_batch: bool, carry_across_epochs: bool = False):
+    def __init__(
+        self,
+        model: RNNLM,
+        optimizer: torch.optim.Optimizer,
+        data: Tensor,
+        k: int,
+        clip: float,
+        full_batch: bool,
+        carry_across_epochs: bool = False,
+    ):
         self.model, self.opt, self.data = model, optimizer, data  # data: (T, S) streams
         self.k, self.clip, self.full_batch = k, clip, full_batch
         self.carry_across_epochs = carry_across_epochs
@@ -26,15 +34,18 @@ class TruncatedBPTT:
         self.state = model.zero_state(data.shape[1])
 
     @classmethod
-    def from_config(cls, cfg: Config, model: RNNLM, optimizer: torch.optim.Optimizer,
-                    train_ids: Tensor) -> TruncatedBPTT:
+    def from_config(
+        cls, cfg: Config, model: RNNLM, optimizer: torch.optim.Optimizer, train_ids: Tensor
+    ) -> TruncatedBPTT:
         data = batchify(train_ids, cfg.batch_size)
         if n_windows(data, cfg.bptt) < 1:
             raise ConfigError(
                 f"--bptt {cfg.bptt} is longer than the training data per stream "
-                f"({data.shape[0]} tokens with --batch-size {cfg.batch_size}); lower either")
-        return cls(model, optimizer, data, cfg.bptt, cfg.clip, cfg.full_batch,
-                   cfg.carry_across_epochs)
+                f"({data.shape[0]} tokens with --batch-size {cfg.batch_size}); lower either"
+            )
+        return cls(
+            model, optimizer, data, cfg.bptt, cfg.clip, cfg.full_batch, cfg.carry_across_epochs
+        )
 
     def steps(self) -> list[tuple[int, ...]]:
         return [(i,) for i in range(self.n)]

@@ -67,8 +67,9 @@ class Pass:
 class BlockTP:
     """`Method` for PM / ADMM / ALM: block state (Z, U, carried state) and the step."""
 
-    def __init__(self, model: RNNLM, optimizer: torch.optim.Optimizer, train_ids: Tensor,
-                 cfg: Config):
+    def __init__(
+        self, model: RNNLM, optimizer: torch.optim.Optimizer, train_ids: Tensor, cfg: Config
+    ):
         self.model, self.opt, self.cfg, self.row = model, optimizer, cfg, cfg.row
         streams, rows = layout_shape(cfg.layout, cfg.batch_size, cfg.rows_per_step)
         self.data = batchify(train_ids, streams)  # (T, S)
@@ -78,7 +79,8 @@ class BlockTP:
             raise ConfigError(
                 f"--block-size {cfg.block_size} is longer than the training data per stream "
                 f"({self.data.shape[0]} tokens); lower --block-size (or --batch-size with "
-                "streams)")
+                "streams)"
+            )
         self.rows_per_step = self.n_rows if cfg.full_batch else rows
         self.chunk_rows = max(1, cfg.chunk_tokens // (cfg.block_size * streams))
         like = dict(dtype=model.decoder.weight.dtype, device=model.decoder.weight.device)
@@ -142,7 +144,7 @@ class BlockTP:
         with torch.no_grad():
             e = self.end_states(x, z)
         uv = u.detach().clone().requires_grad_()
-        L = self.l_aug(z.new_zeros(()), z[1:k + 1], e[:k], uv[:k], n_blocks=R * self.n_streams)
+        L = self.l_aug(z.new_zeros(()), z[1 : k + 1], e[:k], uv[:k], n_blocks=R * self.n_streams)
         (g,) = torch.autograd.grad(L, uv)
         return (u + self.cfg.u_lr * g).detach()
 
@@ -152,11 +154,13 @@ class BlockTP:
         one place it is assembled, for the H-, θ- and dual steps alike."""
         cfg = self.cfg
         pen = CONSTRAINTS[cfg.constraint](z_next, e, u, cfg.lam, self.model.decoder)
-        return lagrangian(nll, pen, block_size=cfg.block_size, n_blocks=n_blocks,
-                          scale=cfg.loss_scale)
+        return lagrangian(
+            nll, pen, block_size=cfg.block_size, n_blocks=n_blocks, scale=cfg.loss_scale
+        )
 
-    def forward_backward(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor, *, grad_z: bool,
-                         grad_theta: bool) -> Pass:
+    def forward_backward(
+        self, x: Tensor, y: Tensor, z: Tensor, u: Tensor, *, grad_z: bool, grad_theta: bool
+    ) -> Pass:
         """L_aug over a step's rows, in chunks, accumulating ∂L/∂z and/or ∂L/∂θ."""
         n = self.n_streams
         R = z.shape[0] - 1
@@ -165,23 +169,23 @@ class BlockTP:
         loss = nll_tot = res_tot = z.new_zeros(())
         n_active = 0
         for a, b in self._chunks(R):
-            zc = z[a:b + 1].detach().requires_grad_(grad_z)
+            zc = z[a : b + 1].detach().requires_grad_(grad_z)
             cols = slice(a * n, b * n)
             logits, e = self.model(x[:, cols], zc[:-1].reshape((b - a) * n, -1))
             e = e.view(b - a, n, -1)  # (rows, S, D)
             k = self._active(a, b, R)
             nll = nll_sum(logits, y[:, cols])
-            L = self.l_aug(nll, zc[1:k + 1], e[:k], u[a:a + k], n_blocks=R * n)
+            L = self.l_aug(nll, zc[1 : k + 1], e[:k], u[a : a + k], n_blocks=R * n)
             if grad_theta:
                 L.backward()
                 if grad_z:
-                    gz[a:b + 1] += zc.grad
+                    gz[a : b + 1] += zc.grad
             elif grad_z:
-                gz[a:b + 1] += torch.autograd.grad(L, zc)[0]
+                gz[a : b + 1] += torch.autograd.grad(L, zc)[0]
             e_all[a:b] = e.detach()
             loss = loss + L.detach()
             nll_tot = nll_tot + nll.detach()
-            r = residuals(zc[1:k + 1], e[:k]).detach()
+            r = residuals(zc[1 : k + 1], e[:k]).detach()
             res_tot = res_tot + torch.linalg.vector_norm(r, dim=-1).sum()
             n_active += k * n
         return Pass(loss, nll_tot, e_all, res_tot / max(n_active, 1), gz)
@@ -189,20 +193,25 @@ class BlockTP:
     # ---- block state ---------------------------------------------------------------------
     def load_z(self, a: int, b: int, x: Tensor) -> Tensor:
         if self.Z is not None and bool(self.z_ready[a:b].all()):
-            return self.Z[a:b + 1].clone()
+            return self.Z[a : b + 1].clone()
         return self.init_z(x)
 
     def load_u(self, a: int, b: int) -> Tensor:
         if self.U is not None:
             return self.U[a:b].clone()
-        return torch.zeros(b - a, self.n_streams, self.model.state_size, dtype=self.carry.dtype,
-                           device=self.carry.device)
+        return torch.zeros(
+            b - a,
+            self.n_streams,
+            self.model.state_size,
+            dtype=self.carry.dtype,
+            device=self.carry.device,
+        )
 
     def store(self, a: int, b: int, z: Tensor, u: Tensor, e: Tensor) -> None:
         if self.U is not None:
             self.U[a:b] = u
         if self.Z is not None:
-            self.Z[a:b + 1] = z
+            self.Z[a : b + 1] = z
             self.z_ready[a:b] = True
         self.carry = e[b - a - 1].clone()  # end state of the last row, from the last forward
 
@@ -217,13 +226,13 @@ class BlockTP:
         z[0] = self.carry
         if how == "chained":  # z_{j+1} = e_j: one forward pass through the rows
             for r in range(R):
-                _, z[r + 1] = self.model.states(x[:, r * n:(r + 1) * n], z[r])
+                _, z[r + 1] = self.model.states(x[:, r * n : (r + 1) * n], z[r])
             # The last target has no loss after it, so its true gradient here is exactly 0;
             # computed row by row it differs from the step's batched e_{R-1} by rounding, and a
             # fresh Adagrad H-step would turn that noise into a step of h-lr·sign(noise). Take
             # it from the same chunked call the step makes, so the residual is exactly 0.
             a = self._chunks(R)[-1][0]
-            _, e = self.model.states(x[:, a * n:R * n], z[a:R].reshape((R - a) * n, -1))
+            _, e = self.model.states(x[:, a * n : R * n], z[a:R].reshape((R - a) * n, -1))
             z[R] = e.view(R - a, n, -1)[-1]
         elif how == "zero_start" and R > 1:
             # The released code's -mb_init: every block run from a zero state in parallel; the
@@ -231,7 +240,7 @@ class BlockTP:
             for a, b in self._chunks(R - 1):
                 cols = slice(a * n, b * n)
                 _, e = self.model.states(x[:, cols], self.model.zero_state((b - a) * n))
-                z[a + 1:b + 1] = e.view(b - a, n, -1)
+                z[a + 1 : b + 1] = e.view(b - a, n, -1)
         return z
 
     def end_states(self, x: Tensor, z: Tensor) -> Tensor:
@@ -239,7 +248,7 @@ class BlockTP:
         n = self.n_streams
         e = torch.empty_like(z[1:])
         for a, b in self._chunks(z.shape[0] - 1):
-            _, ec = self.model.states(x[:, a * n:b * n], z[a:b].reshape((b - a) * n, -1))
+            _, ec = self.model.states(x[:, a * n : b * n], z[a:b].reshape((b - a) * n, -1))
             e[a:b] = ec.view(b - a, n, -1)
         return e
 

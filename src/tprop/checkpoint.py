@@ -29,9 +29,11 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     try:
         fileio.atomic_write(path, write)
     except OSError as e:
-        raise CheckpointError(f"could not write {path}: {e.strerror or e}; free space (or fix "
-                              "the folder) and continue with --resume; the previous file is "
-                              "intact") from None
+        raise CheckpointError(
+            f"could not write {path}: {e.strerror or e}; free space (or fix "
+            "the folder) and continue with --resume; the previous file is "
+            "intact"
+        ) from None
 
 
 def save(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -59,8 +61,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         what = found.group(1) if found else "code objects"
-        raise CheckpointError(f"checkpoint {path} needs pickled code to load ({what}), which "
-                              "tprop refuses; only tprop checkpoints of state dicts load") from None
+        raise CheckpointError(
+            f"checkpoint {path} needs pickled code to load ({what}), which "
+            "tprop refuses; only tprop checkpoints of state dicts load"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first})") from None
@@ -72,9 +76,12 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
 # ---- RNG states (saved in every checkpoint so a resumed run draws the same numbers) ----------
 def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(st: dict[str, Any]) -> None:

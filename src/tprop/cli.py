@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tprop import __version__
-from tprop.config import ConfigError, build, field_specs, load_toml, resolve
+from tprop.config import ConfigError, build, field_specs, load_toml
+from tprop.presets import resolve
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,9 +29,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"tprop: error: {message} (see `{self.prog} --help`)\n")
 
 
-def add_config_flags(p: argparse.ArgumentParser, names: list[str] | None = None,
-                     defaults: dict[str, Any] | None = None,
-                     shown: dict[str, str] | None = None) -> None:
+def add_config_flags(
+    p: argparse.ArgumentParser,
+    names: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    shown: dict[str, str] | None = None,
+) -> None:
     """One flag per Config field (all, or `names`), from its spec. `defaults` replace the
     field's default for this command; `shown` says how --help states a default."""
     defaults, shown = defaults or {}, shown or {}
@@ -42,8 +46,11 @@ def add_config_flags(p: argparse.ArgumentParser, names: list[str] | None = None,
         told = shown.get(name, spec.shown if name not in defaults else None)
         told = default if told is None else told
         suffix = f" [default: {told}]" if told not in ("", None) else ""
-        kw: dict[str, Any] = {"dest": name, "help": spec.help + suffix,
-                              "default": default if name in defaults else argparse.SUPPRESS}
+        kw: dict[str, Any] = {
+            "dest": name,
+            "help": spec.help + suffix,
+            "default": default if name in defaults else argparse.SUPPRESS,
+        }
         if spec.base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif spec.choices:
@@ -62,11 +69,13 @@ def config_from_args(ns: argparse.Namespace) -> Any:
         try:
             values = json.loads(saved.read_text())
         except (OSError, ValueError) as e:
-            raise ConfigError(f"--resume: cannot read {saved} ({e}); pass the run's flags "
-                              "explicitly") from None
+            raise ConfigError(
+                f"--resume: cannot read {saved} ({e}); pass the run's flags explicitly"
+            ) from None
         # run-control flags of the original invocation do not carry over
-        values = {k: v for k, v in values.items()
-                  if k in specs and k not in ("overwrite", "resume")}
+        values = {
+            k: v for k, v in values.items() if k in specs and k not in ("overwrite", "resume")
+        }
     if getattr(ns, "config", None):
         values.update(load_toml(ns.config))
     values.update(flags)
@@ -74,47 +83,95 @@ def config_from_args(ns: argparse.Namespace) -> Any:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tprop", description="Blocked target propagation and truncated BPTT for "
-                "recurrent language models (Wiseman et al. 2017).")
+    p = _Parser(
+        prog="tprop",
+        description="Blocked target propagation and truncated BPTT for "
+        "recurrent language models (Wiseman et al. 2017).",
+    )
     p.add_argument("--version", action="version", version=f"tprop {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_demo(sub)
+    for name in PLUGGED:
+        importlib.import_module(f"tprop.{name}").add_parser(sub)
+    return p
 
-    t = sub.add_parser("train", help="train one run into a run folder",
-                       description="Train one run. Every flag can also be set in a TOML file "
-                       "given with --config; flags override the file.")
+
+def _add_train(sub) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train one run into a run folder",
+        description="Train one run. Every flag can also be set in a TOML file "
+        "given with --config; flags override the file.",
+    )
     t.add_argument("--config", help="TOML file with settings (flat keys or tables)")
     add_config_flags(t)
     t.set_defaults(handler=_train)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="perplexity of a saved run on a split")
-    e.add_argument("--checkpoint", required=True, metavar="RUN",
-                   help="a run folder, or the path of its checkpoint.pt")
-    e.add_argument("--split", choices=["train", "valid", "test"], default="test",
-                   help="which split to score [default: test]")
-    e.add_argument("--weights", choices=["best", "last"], default="best",
-                   help="best-validation weights or those of the last epoch [default: best]")
-    e.add_argument("--limit", type=int, default=None,
-                   help="score only the first N tokens (0 = the whole split) [default: the "
-                   "run's --eval-limit for valid/test, its --train-limit for train]")
-    e.add_argument("--batch-size", type=int, default=None,
-                   help="evaluation streams [default: the run's --eval-batch-size]")
-    add_config_flags(e, ["data_dir", "device", "progress"],
-                     {"data_dir": None, "device": "auto", "progress": True},
-                     {"data_dir": "the run's --data-dir"})
+    e.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="RUN",
+        help="a run folder, or the path of its checkpoint.pt",
+    )
+    e.add_argument(
+        "--split",
+        choices=["train", "valid", "test"],
+        default="test",
+        help="which split to score [default: test]",
+    )
+    e.add_argument(
+        "--weights",
+        choices=["best", "last"],
+        default="best",
+        help="best-validation weights or those of the last epoch [default: best]",
+    )
+    e.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="score only the first N tokens (0 = the whole split) [default: the "
+        "run's --eval-limit for valid/test, its --train-limit for train]",
+    )
+    e.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="evaluation streams [default: the run's --eval-batch-size]",
+    )
+    add_config_flags(
+        e,
+        ["data_dir", "device", "progress"],
+        {"data_dir": None, "device": "auto", "progress": True},
+        {"data_dir": "the run's --data-dir"},
+    )
     e.set_defaults(handler=_eval)
 
-    m = sub.add_parser("demo", help="the quick tour: BPTT and ADMM on a slice of the shipped "
-                       "WikiText-2, a few minutes on 2 CPU cores")
-    m.add_argument("--out", default="runs/demo", help="folder for the two run folders "
-                   "[default: runs/demo]")
-    add_config_flags(m, ["overwrite", "resume", "device", "train_limit", "eval_limit", "epochs"],
-                     {"overwrite": False, "resume": False, "device": "auto",
-                      **{k: DEMO[k] for k in ("train_limit", "eval_limit", "epochs")}})
-    m.set_defaults(handler=_demo)
 
-    for name in PLUGGED:
-        importlib.import_module(f"tprop.{name}").add_parser(sub)
-    return p
+def _add_demo(sub) -> None:
+    m = sub.add_parser(
+        "demo",
+        help="the quick tour: BPTT and ADMM on a slice of the shipped "
+        "WikiText-2, a few minutes on 2 CPU cores",
+    )
+    m.add_argument(
+        "--out", default="runs/demo", help="folder for the two run folders [default: runs/demo]"
+    )
+    add_config_flags(
+        m,
+        ["overwrite", "resume", "device", "train_limit", "eval_limit", "epochs"],
+        {
+            "overwrite": False,
+            "resume": False,
+            "device": "auto",
+            **{k: DEMO[k] for k in ("train_limit", "eval_limit", "epochs")},
+        },
+    )
+    m.set_defaults(handler=_demo)
 
 
 # Modules that add their own subcommand: each has `add_parser(sub)`, which registers the
@@ -134,29 +191,55 @@ def _eval(ns: argparse.Namespace) -> int:
 
     if ns.batch_size is not None and ns.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1 (got {ns.batch_size})")
-    r = evaluate_checkpoint(ns.checkpoint, ns.split, ns.weights, ns.data_dir, ns.batch_size,
-                            ns.device, ns.limit, show_progress=ns.progress)
+    r = evaluate_checkpoint(
+        ns.checkpoint,
+        ns.split,
+        ns.weights,
+        ns.data_dir,
+        ns.batch_size,
+        ns.device,
+        ns.limit,
+        show_progress=ns.progress,
+    )
     scope = f"first {r['limit']:,} tokens" if r["limit"] else "whole split"
-    print(f"{r['split']} ppl {r['ppl']:.2f} | bits/token {r['bits']:.4f} | {r['tokens']:,} "
-          f"tokens scored ({scope}) | {r['weights']} weights (epoch {r['epoch']})")
+    print(
+        f"{r['split']} ppl {r['ppl']:.2f} | bits/token {r['bits']:.4f} | {r['tokens']:,} "
+        f"tokens scored ({scope}) | {r['weights']} weights (epoch {r['epoch']})"
+    )
     print(json.dumps(r))
     return 0
 
 
-DEMO = dict(dataset="wikitext-2", hidden=100, batch_size=32, lr=0.1, epochs=2,
-            train_limit=100_000, eval_limit=20_000)
+DEMO = dict(
+    dataset="wikitext-2",
+    hidden=100,
+    batch_size=32,
+    lr=0.1,
+    epochs=2,
+    train_limit=100_000,
+    eval_limit=20_000,
+)
 DEMO_RUNS = {  # ADMM at the best PTB point found, with dual steps from the first epoch
     "bptt": dict(method="bptt", bptt=20),
-    "admm": dict(method="admm", block_size=20, h_steps=1, h_lr=0.001, lam=0.1, u_lr=0.1,
-                 u_start_epoch=1),
+    "admm": dict(
+        method="admm", block_size=20, h_steps=1, h_lr=0.001, lam=0.1, u_lr=0.1, u_start_epoch=1
+    ),
 }
 
 
 def demo_config(name: str, ns: argparse.Namespace, **change: Any) -> Any:
     """The resolved config of one demo run (`change` overrides, e.g. for tests)."""
-    values = {**DEMO, **DEMO_RUNS[name], "out": f"{ns.out}/{name}", "device": ns.device,
-              "train_limit": ns.train_limit, "eval_limit": ns.eval_limit, "epochs": ns.epochs,
-              "overwrite": ns.overwrite, **change}
+    values = {
+        **DEMO,
+        **DEMO_RUNS[name],
+        "out": f"{ns.out}/{name}",
+        "device": ns.device,
+        "train_limit": ns.train_limit,
+        "eval_limit": ns.eval_limit,
+        "epochs": ns.epochs,
+        "overwrite": ns.overwrite,
+        **change,
+    }
     return resolve(build(values))
 
 
@@ -171,11 +254,15 @@ def _demo(ns: argparse.Namespace) -> int:
             continue
         resume = ns.resume and (run / "checkpoint.pt").is_file()
         results[name] = train(demo_config(name, ns, resume=resume))
-    print(f"\ndemo: WikiText-2 (shipped), first {ns.train_limit:,} training tokens, GRU 100, "
-          f"{ns.epochs} epochs; valid = first {ns.eval_limit:,} validation tokens")
+    print(
+        f"\ndemo: WikiText-2 (shipped), first {ns.train_limit:,} training tokens, GRU 100, "
+        f"{ns.epochs} epochs; valid = first {ns.eval_limit:,} validation tokens"
+    )
     for name, s in results.items():
-        print(f"  {name:5s} best valid ppl {s['best_valid_ppl']:8.2f}  "
-              f"({s['train_tokens_per_s']:,.0f} train tok/s)")
+        print(
+            f"  {name:5s} best valid ppl {s['best_valid_ppl']:8.2f}  "
+            f"({s['train_tokens_per_s']:,.0f} train tok/s)"
+        )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""One typed, frozen config for every run; presets; derived values in one function.
+"""One typed, frozen config for every run, and how it is filled from TOML and flags.
 
 The CLI and TOML files are two ways to fill the same `Config`. Every field carries its help text
 (`_f(default, help)`), which the CLI turns into flags. Fields whose default is ``None`` are
@@ -9,7 +9,6 @@ saves to ``config.json``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -28,8 +27,14 @@ class ConfigError(Exception):
     """A bad setting; ``str(e)`` is one line naming the problem and the fix."""
 
 
-def _f(default: Any, help: str, *, tp: bool = False, shown: str | None = None,
-       choices: Callable[[], tuple[str, ...]] | None = None) -> Any:
+def _f(
+    default: Any,
+    help: str,
+    *,
+    tp: bool = False,
+    shown: str | None = None,
+    choices: Callable[[], tuple[str, ...]] | None = None,
+) -> Any:
     """A config field: its help text; ``tp`` marks a target-propagation-only switch; ``shown``
     is how `--help` states the default when the value alone would mislead (None = resolved);
     ``choices`` are the allowed values when they come from a table rather than a Literal."""
@@ -55,10 +60,14 @@ def _constraints() -> dict[str, Any]:
 @dataclass(frozen=True)
 class Config:
     # --- data -------------------------------------------------------------------------------
-    dataset: str = _f("wikitext-2", "dataset (see `tprop data list`)",
-                      choices=lambda: tuple(_datasets()))
-    data_dir: str | None = _f(None, "folder holding <dataset>/ files; when given it must hold "
-                              "them", shown="$TPROP_DATA_DIR, the cache, the shipped copy")
+    dataset: str = _f(
+        "wikitext-2", "dataset (see `tprop data list`)", choices=lambda: tuple(_datasets())
+    )
+    data_dir: str | None = _f(
+        None,
+        "folder holding <dataset>/ files; when given it must hold them",
+        shown="$TPROP_DATA_DIR, the cache, the shipped copy",
+    )
     text8_split: Literal["99m-1m", "90m-5m-5m"] = _f("99m-1m", "text8 split protocol")
     train_limit: int = _f(0, "use only the first N training tokens (0 = all; for demos/smoke)")
     eval_limit: int = _f(0, "use only the first N valid/test tokens (0 = all; for demos/smoke)")
@@ -68,20 +77,27 @@ class Config:
     layers: int = _f(1, "number of recurrent layers")
     emb: int = _f(0, "embedding size (0 = hidden, as in the paper)")
     # --- method -----------------------------------------------------------------------------
-    method: str = _f("bptt", "bptt | pm (penalty) | admm | alm (augmented Lagrangian)",
-                     choices=lambda: tuple(METHODS))
+    method: str = _f(
+        "bptt",
+        "bptt | pm (penalty) | admm | alm (augmented Lagrangian)",
+        choices=lambda: tuple(METHODS),
+    )
     bptt: int = _f(20, "K: truncated-BPTT window in tokens (method bptt)")
     block_size: int = _f(20, "B: block size in tokens (methods pm/admm/alm)", tp=True)
     batch_size: int = _f(32, "bptt: streams per window; pm/admm/alm: blocks per minibatch (S)")
     full_batch: bool = _f(False, "one θ update per pass over the training set (batch mode)")
-    carry_across_epochs: bool = _f(False, "carry the last state of an epoch into the next (the "
-                                   "released code does); else start each epoch from zero")
+    carry_across_epochs: bool = _f(
+        False,
+        "carry the last state of an epoch into the next (the "
+        "released code does); else start each epoch from zero",
+    )
     # --- θ optimiser ------------------------------------------------------------------------
     optim: Literal["adagrad", "sgd"] = _f("adagrad", "θ optimiser (sgd halves lr on a plateau)")
     lr: float = _f(0.1, "θ learning rate")
     clip: float = _f(0.5, "global L2-norm clip of the θ gradient (0 = off)")
-    adagrad_eps: float | None = _f(None, "Adagrad ε for θ", shown="bptt 1e-10; pm/admm/alm "
-                                   + _PRESET)
+    adagrad_eps: float | None = _f(
+        None, "Adagrad ε for θ", shown="bptt 1e-10; pm/admm/alm " + _PRESET
+    )
     lr_shrink: float = _f(2.0, "sgd: divide lr by this when validation does not improve")
     # --- schedule ---------------------------------------------------------------------------
     epochs: int = _f(10, "maximum number of epochs")
@@ -92,47 +108,71 @@ class Config:
     eval_bptt: int = _f(200, "tokens per evaluation step (does not change the result)")
     # --- target propagation (pm/admm/alm) ---------------------------------------------------
     preset: Literal["paper", "tprnn"] = _f(
-        "tprnn", "set of switches below: paper | tprnn (code)", tp=True)
-    constraint: str = _f("l2", "constraint between z_{j+1} and e_j", tp=True,
-                         choices=lambda: tuple(_constraints()))
+        "tprnn", "set of switches below: paper | tprnn (code)", tp=True
+    )
+    constraint: str = _f(
+        "l2", "constraint between z_{j+1} and e_j", tp=True, choices=lambda: tuple(_constraints())
+    )
     lam: float = _f(1.0, "λ: penalty weight (paper Eq. 7)", tp=True)
     u_lr: float | None = _f(None, "α_u: dual ascent step", tp=True, shown="0.1 for admm/alm")
-    u_start_epoch: int | None = _f(None, "first epoch (1-based) with dual steps", tp=True,
-                                   shown=_PRESET)
+    u_start_epoch: int | None = _f(
+        None, "first epoch (1-based) with dual steps", tp=True, shown=_PRESET
+    )
     h_steps: int = _f(1, "H-steps on Z per minibatch (alm: joint Z/θ steps); 0 allowed", tp=True)
     h_lr: float = _f(0.001, "H-step learning rate", tp=True)
     h_optim: Literal["adagrad", "sgd"] | None = _f(
-        None, "H optimiser, fresh per minibatch", tp=True, shown=_PRESET)
+        None, "H optimiser, fresh per minibatch", tp=True, shown=_PRESET
+    )
     h_eps: float | None = _f(None, "Adagrad ε of the H optimiser", tp=True, shown=_PRESET)
     theta_steps: int = _f(1, "θ-steps per minibatch (pm/admm)", tp=True)
     layout: Literal["adjacent", "streams"] | None = _f(
-        None, "minibatch: S adjacent blocks of one stretch | one block from each of S streams",
-        tp=True, shown=_PRESET)
-    rows_per_step: int = _f(0, "R: consecutive blocks of each stream per minibatch (0 = the "
-                            "layout's: streams 1, adjacent --batch-size)", tp=True)
+        None,
+        "minibatch: S adjacent blocks of one stretch | one block from each of S streams",
+        tp=True,
+        shown=_PRESET,
+    )
+    rows_per_step: int = _f(
+        0,
+        "R: consecutive blocks of each stream per minibatch (0 = the "
+        "layout's: streams 1, adjacent --batch-size)",
+        tp=True,
+    )
     z_init: Literal["chained", "zero_start", "zero"] | None = _f(
-        None, "Z init: chained forward | blocks run from zero (z_S = 0) | all zero", tp=True,
-        shown=_PRESET)
+        None,
+        "Z init: chained forward | blocks run from zero (z_S = 0) | all zero",
+        tp=True,
+        shown=_PRESET,
+    )
     z_first: Literal["free", "fixed"] = _f(
-        "free", "first start state of a minibatch: free | fixed", tp=True)
+        "free", "first start state of a minibatch: free | fixed", tp=True
+    )
     z_last: Literal["target", "none"] = _f(
-        "target", "constraint after the last block of a minibatch: target | none", tp=True)
-    persist_u: bool | None = _f(None, "keep U per block across minibatches/epochs", tp=True,
-                                shown=_PRESET)
-    persist_z: bool | None = _f(None, "keep Z per block across epochs instead of re-init",
-                                tp=True, shown=_PRESET)
+        "target", "constraint after the last block of a minibatch: target | none", tp=True
+    )
+    persist_u: bool | None = _f(
+        None, "keep U per block across minibatches/epochs", tp=True, shown=_PRESET
+    )
+    persist_z: bool | None = _f(
+        None, "keep Z per block across epochs instead of re-init", tp=True, shown=_PRESET
+    )
     dual_placement: Literal["before_h", "before_theta", "after_theta"] | None = _f(
-        None, "when the dual step runs", tp=True, shown=_PRESET)
+        None, "when the dual step runs", tp=True, shown=_PRESET
+    )
     loss_scale: Literal["sum", "mean"] | None = _f(
-        None, "sum: Eq. 7 sums | mean: NLL/(B·S) + λ/(2S)·penalty", tp=True, shown=_PRESET)
+        None, "sum: Eq. 7 sums | mean: NLL/(B·S) + λ/(2S)·penalty", tp=True, shown=_PRESET
+    )
     chunk_tokens: int = _f(16384, "tokens per forward chunk (bounds memory in batch mode)")
     # --- run --------------------------------------------------------------------------------
     out: str | None = _f(None, "run folder to write (required)", shown="")
     overwrite: bool = _f(False, "replace an existing run folder")
-    resume: bool = _f(False, "continue the run in --out from its checkpoint (its config.json "
-                             "is the base; flags given now override it)")
-    checkpoint_every: float = _f(10.0, "also checkpoint every N minutes within an epoch (0 = "
-                                       "only at epoch ends)")
+    resume: bool = _f(
+        False,
+        "continue the run in --out from its checkpoint (its config.json "
+        "is the base; flags given now override it)",
+    )
+    checkpoint_every: float = _f(
+        10.0, "also checkpoint every N minutes within an epoch (0 = only at epoch ends)"
+    )
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     dtype: Literal["float32", "float64"] = _f("float32", "parameter and state dtype")
     deterministic: bool = _f(False, "use deterministic algorithms")
@@ -151,21 +191,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-
-# A preset is a set of values for the switches; every difference is a named field.
-# See DESIGN.md "Two presets" and docs/design.md for what each switch means.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(
-        layout="streams", z_init="chained", persist_u=True, persist_z=False,
-        dual_placement="after_theta", loss_scale="sum", h_optim="adagrad",
-        u_start_epoch=1, adagrad_eps=1e-10, h_eps=1e-10,
-    ),
-    "tprnn": dict(
-        layout="adjacent", z_init="zero_start", persist_u=False, persist_z=False,
-        dual_placement="before_theta", loss_scale="mean", h_optim="adagrad",
-        u_start_epoch=3, adagrad_eps=1e-5, h_eps=1e-5,
-    ),
-}
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -192,13 +217,24 @@ def field_specs() -> dict[str, FieldSpec]:
     out = {}
     for f in fields(Config):
         tp = hints[f.name]
-        args = [a for a in (get_args(tp) if get_origin(tp) is not Literal else ()) or [tp]
-                if a is not type(None)]
+        args = [
+            a
+            for a in (get_args(tp) if get_origin(tp) is not Literal else ()) or [tp]
+            if a is not type(None)
+        ]
         literal = next((get_args(a) for a in args if get_origin(a) is Literal), None)
         choices = f.metadata["choices"]() if f.metadata["choices"] else literal
         base = type(choices[0]) if choices else args[0]
-        out[f.name] = FieldSpec(f.name, base, type(None) in get_args(tp), choices, f.default,
-                                f.metadata["help"], f.metadata["shown"], f.metadata["tp"])
+        out[f.name] = FieldSpec(
+            f.name,
+            base,
+            type(None) in get_args(tp),
+            choices,
+            f.default,
+            f.metadata["help"],
+            f.metadata["shown"],
+            f.metadata["tp"],
+        )
     return out
 
 
@@ -230,16 +266,19 @@ def _check_type(value: Any, spec: FieldSpec) -> Any:
         raise ConfigError(f"{name} may not be empty")
     if spec.choices:
         if value not in spec.choices:
-            raise ConfigError(f"{name} = {value!r} is not one of "
-                              f"{', '.join(map(str, spec.choices))}")
+            raise ConfigError(
+                f"{name} = {value!r} is not one of {', '.join(map(str, spec.choices))}"
+            )
         return value
     if isinstance(value, bool) == (spec.base is bool):  # bool is an int: keep them apart
         if spec.base is float and isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, spec.base):
             return value
-    raise ConfigError(f"{name} = {value!r} has the wrong type; expected "
-                      f"{spec.base.__name__}{' or nothing' if spec.optional else ''}")
+    raise ConfigError(
+        f"{name} = {value!r} has the wrong type; expected "
+        f"{spec.base.__name__}{' or nothing' if spec.optional else ''}"
+    )
 
 
 def build(values: dict[str, Any]) -> Config:
@@ -251,114 +290,3 @@ def build(values: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown setting '{k}'; see `tprop train --help` for the list")
         clean[k] = _check_type(v, specs[k])
     return Config(**clean)
-
-
-def resolve(cfg: Config) -> Config:
-    """Validate a config and fill every preset/method-dependent switch (the one place for it)."""
-    _validate(cfg)
-    specs, row = field_specs(), cfg.row
-    if not row.blocked:
-        set_tp = [n for n, f in specs.items() if f.tp and getattr(cfg, n) != f.default]
-        if set_tp:
-            raise ConfigError(
-                f"--{set_tp[0].replace('_', '-')} applies to pm/admm/alm, not --method bptt; "
-                "drop it or choose a target-propagation method")
-        eps = 1e-10 if cfg.adagrad_eps is None else cfg.adagrad_eps
-        return dataclasses.replace(cfg, adagrad_eps=eps)
-
-    if not row.duals and cfg.u_lr:
-        raise ConfigError(f"--u-lr sets the dual step, but {cfg.method} has no duals; use "
-                          "--method admm")
-    if row.joint and cfg.h_steps < 1:
-        raise ConfigError(f"{cfg.method} takes --h-steps joint (Z, θ) steps, so it needs "
-                          "--h-steps >= 1")
-    if row.joint and cfg.theta_steps != 1:
-        raise ConfigError(f"{cfg.method} steps θ jointly with Z (--h-steps times); drop "
-                          "--theta-steps")
-
-    fill = dict(PRESETS[cfg.preset])
-    if cfg.full_batch:
-        # Batch mode: dataset-sized Z and U kept across epochs, under either preset. (The
-        # released code zeroes both every epoch; --no-persist-z --no-persist-u reproduce that.)
-        fill["persist_z"] = fill["persist_u"] = True
-    if cfg.preset == "tprnn" and cfg.z_init == "zero":
-        fill["dual_placement"] = "before_h"  # the code's placement without -mb_init
-    if row.duals:
-        fill["u_lr"] = 0.1
-    else:
-        fill["u_lr"], fill["dual_placement"], fill["persist_u"] = 0.0, "after_theta", False
-    updates = {k: v for k, v in fill.items() if getattr(cfg, k) is None}
-    out = dataclasses.replace(cfg, **updates)
-    if out.persist_z and out.z_init == "zero_start" and not out.full_batch:
-        raise ConfigError("--persist-z keeps Z across epochs, which --z-init zero_start "
-                          "contradicts (it re-zeroes z_S); use --z-init chained")
-    _refuse_idle_duals(out)
-    return out
-
-
-def _refuse_idle_duals(cfg: Config) -> None:
-    """A dual method whose duals can never enter a loss is the penalty method in disguise:
-    refuse it in one line rather than run PM under another name."""
-    if not cfg.row.duals or not cfg.u_lr:
-        return  # u-lr 0 is PM on purpose (a test identity)
-    fix = "use another --dual-placement, --persist-u/--persist-z, or --method pm"
-    if cfg.dual_placement == "after_theta" and not cfg.persist_u:
-        raise ConfigError(f"{cfg.method} with --dual-placement after_theta and --no-persist-u is "
-                          f"the penalty method: u is stepped after the last loss of the step and "
-                          f"then dropped; {fix}")
-    # A fresh chained Z has z_{j+1} = e_j exactly: the residual is 0 until the H-steps move
-    # Z or a θ-step moves e, so a dual step before either never moves u.
-    fresh_chain = cfg.z_init == "chained" and not cfg.persist_z
-    if fresh_chain and (cfg.dual_placement == "before_h" or (
-            cfg.dual_placement == "before_theta" and cfg.h_steps == 0 and not cfg.row.joint)):
-        when = "before the H-steps" if cfg.dual_placement == "before_h" else "with no H-steps"
-        raise ConfigError(f"{cfg.method} with --z-init chained and a dual step {when} is the "
-                          f"penalty method: the dual step sees z_(j+1) = e_j exactly, so u never "
-                          f"moves; {fix}")
-
-
-def _validate(cfg: Config) -> None:
-    positive = ["hidden", "layers", "bptt", "block_size", "batch_size", "epochs",
-                "eval_batch_size", "eval_bptt", "chunk_tokens"]
-    for name in positive:
-        v = getattr(cfg, name)
-        if v < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
-    absurd = {"hidden": 1 << 16, "layers": 64, "bptt": 1 << 20, "block_size": 1 << 20,
-              "batch_size": 1 << 24, "epochs": 1 << 20}
-    for name, hi in absurd.items():
-        if getattr(cfg, name) > hi:
-            raise ConfigError(f"--{name.replace('_', '-')} = {getattr(cfg, name)} is absurdly "
-                              f"large (limit {hi})")
-    for name in ["emb", "train_limit", "eval_limit", "patience", "h_steps", "max_ppl",
-                 "checkpoint_every", "rows_per_step"]:
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(cfg, name)})")
-    if cfg.theta_steps < 1:
-        raise ConfigError(f"--theta-steps must be >= 1 (got {cfg.theta_steps})")
-    for name in ["lr", "h_lr"]:
-        v = getattr(cfg, name)
-        if not (v > 0 and math.isfinite(v)):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number (got {v})")
-    for name in ["lam", "clip", "u_lr"]:
-        v = getattr(cfg, name)
-        if v is not None and not (v >= 0 and math.isfinite(v)):
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {v})")
-    for name in ["adagrad_eps", "h_eps"]:  # ε = 0 divides 0 by 0 where a gradient is 0
-        v = getattr(cfg, name)
-        if v is not None and not (v > 0 and math.isfinite(v)):
-            raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {v}): Adagrad "
-                              "divides by √G + ε, and G is 0 wherever a gradient is 0")
-    if cfg.lr_shrink < 1:
-        raise ConfigError(f"--lr-shrink must be >= 1 (got {cfg.lr_shrink})")
-    if cfg.u_start_epoch is not None and cfg.u_start_epoch < 1:
-        raise ConfigError(f"--u-start-epoch is 1-based and must be >= 1 (got {cfg.u_start_epoch})")
-    if cfg.method not in METHODS:
-        raise ConfigError(f"--method {cfg.method!r} is not one of {', '.join(METHODS)}")
-    if cfg.constraint not in _constraints():
-        raise ConfigError(f"--constraint {cfg.constraint!r} is not one of "
-                          f"{', '.join(_constraints())}")
-    if cfg.overwrite and cfg.resume:
-        raise ConfigError("--overwrite and --resume contradict each other; choose one")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ConfigError(f"--device {cfg.device!r} is not auto, cpu, cuda or cuda:N")

@@ -18,8 +18,9 @@ from tprop.run import RunError
 
 
 @torch.no_grad()
-def evaluate(model: RNNLM, ids: Tensor, batch_size: int, bptt: int, *, bar: str | None = None
-             ) -> tuple[float, int]:
+def evaluate(
+    model: RNNLM, ids: Tensor, batch_size: int, bptt: int, *, bar: str | None = None
+) -> tuple[float, int]:
     """Σ NLL and token count over a whole split: `batch_size` streams, state carried from zero.
 
     Every row but the last is scored, so the count is (⌊N/batch_size⌋ − 1)·batch_size; the
@@ -34,8 +35,8 @@ def evaluate(model: RNNLM, ids: Tensor, batch_size: int, bptt: int, *, bar: str 
     with progress(n_rows * batch_size, bar or "", bar is not None) as pbar:
         for i in range(0, n_rows, bptt):
             k = min(bptt, n_rows - i)
-            logits, state = model(data[i:i + k], state)
-            total += nll_sum(logits, data[i + 1:i + 1 + k]).double()
+            logits, state = model(data[i : i + k], state)
+            total += nll_sum(logits, data[i + 1 : i + 1 + k]).double()
             pbar.update(k * batch_size)
     model.train(was_training)
     return total.item(), n_rows * batch_size
@@ -47,9 +48,16 @@ def checkpoint_path(path: str | Path) -> Path:
     return path / "checkpoint.pt" if path.is_dir() else path
 
 
-def evaluate_checkpoint(path: str, split: str, weights: str, data_dir: str | None,
-                        batch_size: int | None, device_name: str, limit: int | None,
-                        show_progress: bool = True) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str,
+    split: str,
+    weights: str,
+    data_dir: str | None,
+    batch_size: int | None,
+    device_name: str,
+    limit: int | None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """`tprop eval`: perplexity of a saved run on a split.
 
     The run's own limits apply unless ``limit`` is given (0 = the whole split): --eval-limit to
@@ -63,8 +71,10 @@ def evaluate_checkpoint(path: str, split: str, weights: str, data_dir: str | Non
     cfg = build({**saved["config"], "data_dir": data_dir or saved["config"]["data_dir"]})
     corpus = load_corpus(cfg.dataset, cfg.data_dir, text8_split=cfg.text8_split)
     if len(corpus.vocab) != saved["vocab_size"]:
-        raise RunError(f"vocabulary of {cfg.dataset} ({len(corpus.vocab)}) differs from the "
-                       f"checkpoint's ({saved['vocab_size']}); point --data-dir at the same files")
+        raise RunError(
+            f"vocabulary of {cfg.dataset} ({len(corpus.vocab)}) differs from the "
+            f"checkpoint's ({saved['vocab_size']}); point --data-dir at the same files"
+        )
     ids = {"train": corpus.train, "valid": corpus.valid, "test": corpus.test}[split]
     if ids is None:
         raise RunError(f"{cfg.dataset} has no {split} split under its protocol")
@@ -76,9 +86,16 @@ def evaluate_checkpoint(path: str, split: str, weights: str, data_dir: str | Non
     model = build_model(cfg, saved["vocab_size"], device)
     model.load_state_dict(saved["best_model" if weights == "best" else "model"])
     bs = batch_size or cfg.eval_batch_size
-    nll, n = evaluate(model, ids.to(device), bs, cfg.eval_bptt,
-                      bar=split if show_progress else None)
+    nll, n = evaluate(
+        model, ids.to(device), bs, cfg.eval_bptt, bar=split if show_progress else None
+    )
     hist = saved["progress"]
-    return {"split": split, "weights": weights, "ppl": perplexity(nll, n),
-            "bits": bits_per_token(nll, n), "tokens": n, "limit": limit,
-            "epoch": hist["best_epoch"] if weights == "best" else len(hist["history"])}
+    return {
+        "split": split,
+        "weights": weights,
+        "ppl": perplexity(nll, n),
+        "bits": bits_per_token(nll, n),
+        "tokens": n,
+        "limit": limit,
+        "epoch": hist["best_epoch"] if weights == "best" else len(hist["history"]),
+    }

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from tprop import paper
-from tprop.config import ConfigError, build, field_types, resolve
+from tprop.config import ConfigError, build, field_types
+from tprop.presets import resolve
 
 if sys.version_info >= (3, 11):
     import tomllib

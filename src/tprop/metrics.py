@@ -47,5 +47,13 @@ def fmt_ppl(x: float) -> str:
 
 def progress(total: int, desc: str, enabled: bool):
     """A tqdm bar over tokens, with tokens/s and ETA (only on a terminal: disable=None)."""
-    return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, leave=False,
-                disable=None if enabled else True, dynamic_ncols=True, mininterval=1.0)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="tok",
+        unit_scale=True,
+        leave=False,
+        disable=None if enabled else True,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )

@@ -18,8 +18,15 @@ _CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 
 
 class RNNLM(nn.Module):
-    def __init__(self, vocab: int, hidden: int, cell: str = "gru", layers: int = 1,
-                 emb: int = 0, init_range: float = 0.1):
+    def __init__(
+        self,
+        vocab: int,
+        hidden: int,
+        cell: str = "gru",
+        layers: int = 1,
+        emb: int = 0,
+        init_range: float = 0.1,
+    ):
         super().__init__()
         emb = emb or hidden
         self.cell, self.hidden, self.layers = cell, hidden, layers

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -27,8 +26,9 @@ Constraint = Callable[[Tensor, Tensor, Tensor, float, Decode], Tensor]
 
 def nll_sum(logits: Tensor, targets: Tensor) -> Tensor:
     """Σ of −log p(target) over all positions. logits (..., V), targets (...)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+    )
 
 
 def residuals(z_next: Tensor, e: Tensor) -> Tensor:
@@ -58,8 +58,7 @@ call it through `BlockTP.penalty`.
 """
 
 
-def lagrangian(nll: Tensor, pen: Tensor, *, block_size: int, n_blocks: int,
-               scale: str) -> Tensor:
+def lagrangian(nll: Tensor, pen: Tensor, *, block_size: int, n_blocks: int, scale: str) -> Tensor:
     """Combine the two terms of L_aug.
 
     ``sum``: NLL + penalty, Eq. 7 as written. ``mean``: (NLL/B + penalty)/S with S = n_blocks,

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tprop import paper
-from tprop.config import PRESETS, Config
+from tprop.config import Config
 from tprop.grids import tp_only
+from tprop.presets import PRESETS
 from tprop.runs import RunRecord
 
 IGNORED = {

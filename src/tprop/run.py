@@ -28,15 +28,31 @@ from tprop.config import Config, ConfigError
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt")
 # Settings a resumed run must share with its checkpoint: they fix the data, the model and the
 # meaning of the saved method state.
-RESUME_KEYS = ("dataset", "cell", "hidden", "layers", "emb", "method", "block_size", "bptt",
-               "batch_size", "layout", "rows_per_step", "full_batch", "dtype", "train_limit")
+RESUME_KEYS = (
+    "dataset",
+    "cell",
+    "hidden",
+    "layers",
+    "emb",
+    "method",
+    "block_size",
+    "bptt",
+    "batch_size",
+    "layout",
+    "rows_per_step",
+    "full_batch",
+    "dtype",
+    "train_limit",
+)
 
 
 def check_resumable(saved_config: dict[str, Any], cfg: Config) -> None:
     for key in RESUME_KEYS:
         if key in saved_config and saved_config[key] != getattr(cfg, key):
-            raise RunError(f"--resume: the checkpoint has {key}={saved_config[key]!r} but this "
-                           f"run asks for {getattr(cfg, key)!r}; use the same setting")
+            raise RunError(
+                f"--resume: the checkpoint has {key}={saved_config[key]!r} but this "
+                f"run asks for {getattr(cfg, key)!r}; use the same setting"
+            )
 
 
 class RunError(Exception):
@@ -93,8 +109,10 @@ class RunFolder:
                 pass
             return
         if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-            raise RunError(f"run folder {out} is not empty; pass --overwrite to replace it "
-                           "or --resume to continue it")
+            raise RunError(
+                f"run folder {out} is not empty; pass --overwrite to replace it "
+                "or --resume to continue it"
+            )
 
     def open(self) -> RunFolder:
         """Create the folder and become its one writer (until `close`, or the end of a
@@ -126,8 +144,10 @@ class RunFolder:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunError(f"run folder {self.path} is being written by another tprop process; "
-                           "wait for it to finish or choose another --out") from None
+            raise RunError(
+                f"run folder {self.path} is being written by another tprop process; "
+                "wait for it to finish or choose another --out"
+            ) from None
         self._lock_fd = fd  # held until the process exits (or `close`)
 
     def close(self) -> None:
@@ -140,8 +160,10 @@ class RunFolder:
         checkpoint.write_text(self.config, text)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        clean = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
-                 for k, v in summary.items()}
+        clean = {
+            k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in summary.items()
+        }
         checkpoint.write_text(self.summary, json.dumps(clean, indent=2) + "\n")
 
     def truncate_metrics(self, n_bytes: int) -> None:
@@ -173,16 +195,24 @@ class StopSignals:
 
     def interrupted(self, epoch: int, step: int, out: Path) -> Interrupted:
         name = signal.Signals(self.signum).name
-        return Interrupted(f"{name}: checkpoint saved at epoch {epoch}, step {step}; continue "
-                           f"with `tprop train --out {out} --resume`", 128 + self.signum)
+        return Interrupted(
+            f"{name}: checkpoint saved at epoch {epoch}, step {step}; continue "
+            f"with `tprop train --out {out} --resume`",
+            128 + self.signum,
+        )
 
 
 # ---- provenance ---------------------------------------------------------------------------
 def git_commit() -> str | None:
     """The commit of the code that runs, when it runs from a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -195,6 +225,10 @@ def device_name(device: torch.device) -> str:
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
-    return {"device": device_name(device), "tprop_version": __version__,
-            "git_commit": git_commit(), "torch_version": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {
+        "device": device_name(device),
+        "tprop_version": __version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }

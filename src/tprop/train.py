@@ -29,8 +29,7 @@ from tprop.methods import Method
 from tprop.metrics import MetricsSink, fmt_ppl, progress
 from tprop.model import RNNLM
 from tprop.objective import bits_per_token, perplexity
-from tprop.run import (Diverged, RunError, RunFolder, StopSignals, check_resumable,
-                       provenance)
+from tprop.run import Diverged, RunError, RunFolder, StopSignals, check_resumable, provenance
 
 
 # ---- set-up ------------------------------------------------------------------------------
@@ -66,8 +65,9 @@ def make_optimizer(cfg: Config, model: RNNLM) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr)
 
 
-def build_method(cfg: Config, model: RNNLM, opt: torch.optim.Optimizer,
-                 train_ids: Tensor) -> Method:
+def build_method(
+    cfg: Config, model: RNNLM, opt: torch.optim.Optimizer, train_ids: Tensor
+) -> Method:
     """Arrange the training tokens for the method (its row of METHODS) and return it."""
     if cfg.row.blocked:
         return BlockTP(model, opt, train_ids, cfg)
@@ -77,8 +77,12 @@ def build_method(cfg: Config, model: RNNLM, opt: torch.optim.Optimizer,
 def limited(corpus, cfg: Config) -> tuple[Tensor, Tensor, Tensor | None]:
     def cut(t: Tensor | None, n: int) -> Tensor | None:
         return t if (t is None or n == 0) else t[:n]
-    return (cut(corpus.train, cfg.train_limit), cut(corpus.valid, cfg.eval_limit),
-            cut(corpus.test, cfg.eval_limit))
+
+    return (
+        cut(corpus.train, cfg.train_limit),
+        cut(corpus.valid, cfg.eval_limit),
+        cut(corpus.test, cfg.eval_limit),
+    )
 
 
 # ---- run state ---------------------------------------------------------------------------
@@ -86,8 +90,8 @@ def limited(corpus, cfg: Config) -> tuple[Tensor, Tensor, Tensor | None]:
 class Progress:
     """Where a run stands. Saved in every checkpoint, so --resume continues exactly."""
 
-    epoch: int = 1                       # the epoch in progress (1-based)
-    step: int = 0                        # the next step of that epoch (data position)
+    epoch: int = 1  # the epoch in progress (1-based)
+    step: int = 0  # the next step of that epoch (data position)
     sums: dict[str, Tensor] = field(default_factory=dict)  # this epoch's accumulators
     epoch_tokens: int = 0
     epoch_s: float = 0.0
@@ -116,13 +120,21 @@ class Run:
 
     def save(self) -> None:
         f = self.folder
-        checkpoint.save({
-            "tprop_version": __version__, "config": self.cfg.to_dict(),
-            "vocab_size": self.vocab, "model": self.model.state_dict(), "best_model": self.best,
-            "optimizer": self.opt.state_dict(), "method": self.method.state_dict(),
-            "rng": checkpoint.rng_state(), "progress": dataclasses.asdict(self.prog),
-            "metrics_bytes": f.metrics.stat().st_size if f.metrics.exists() else 0,
-        }, f.checkpoint)
+        checkpoint.save(
+            {
+                "tprop_version": __version__,
+                "config": self.cfg.to_dict(),
+                "vocab_size": self.vocab,
+                "model": self.model.state_dict(),
+                "best_model": self.best,
+                "optimizer": self.opt.state_dict(),
+                "method": self.method.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "progress": dataclasses.asdict(self.prog),
+                "metrics_bytes": f.metrics.stat().st_size if f.metrics.exists() else 0,
+            },
+            f.checkpoint,
+        )
         self.last_save = time.time()
 
     def restore(self, device: torch.device) -> dict[str, Any]:
@@ -140,8 +152,10 @@ class Run:
 def _check_resumable(saved: dict[str, Any], cfg: Config, vocab: int) -> None:
     check_resumable(saved["config"], cfg)
     if saved["vocab_size"] != vocab:
-        raise RunError(f"--resume: vocabulary size {vocab} differs from the checkpoint's "
-                       f"{saved['vocab_size']}; use the same dataset files")
+        raise RunError(
+            f"--resume: vocabulary size {vocab} differs from the checkpoint's "
+            f"{saved['vocab_size']}; use the same dataset files"
+        )
 
 
 # ---- the loop ----------------------------------------------------------------------------
@@ -167,20 +181,30 @@ def train(cfg: Config) -> dict[str, Any]:
         return finish(run, test_ids, device, t_start)
 
 
-def build_run(cfg: Config, folder: RunFolder, device: torch.device
-              ) -> tuple[Run, str, Tensor, Tensor | None]:
+def build_run(
+    cfg: Config, folder: RunFolder, device: torch.device
+) -> tuple[Run, str, Tensor, Tensor | None]:
     """Data, model, θ optimiser and method, seeded from cfg.seed; nothing is written."""
     from tprop.data import load_corpus
 
     corpus = load_corpus(cfg.dataset, cfg.data_dir, text8_split=cfg.text8_split)
-    train_ids, valid_ids, test_ids = (t if t is None else t.to(device)
-                                      for t in limited(corpus, cfg))
+    train_ids, valid_ids, test_ids = (
+        t if t is None else t.to(device) for t in limited(corpus, cfg)
+    )
     checkpoint.seed_everything(cfg.seed)
     model = build_model(cfg, len(corpus.vocab), device)
     opt = make_optimizer(cfg, model)
     method = build_method(cfg, model, opt, train_ids)
-    run = Run(cfg, folder, model, opt, method, len(corpus.vocab), Progress(),
-              {k: v.detach().clone() for k, v in model.state_dict().items()})
+    run = Run(
+        cfg,
+        folder,
+        model,
+        opt,
+        method,
+        len(corpus.vocab),
+        Progress(),
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+    )
     return run, corpus.source, valid_ids, test_ids
 
 
@@ -192,9 +216,11 @@ def start_run(run: Run, device: torch.device, source: str) -> None:
     if saved is not None:
         folder.truncate_metrics(saved["metrics_bytes"])
     run.sink = sink = MetricsSink(folder.metrics)
-    sink.line(f"tprop {cfg.method} on {cfg.dataset} ({run.method.tokens_per_epoch():,} train "
-              f"tokens per epoch, vocab {run.vocab:,}) {cfg.cell} {cfg.hidden} on {device} → "
-              f"{folder.path}")
+    sink.line(
+        f"tprop {cfg.method} on {cfg.dataset} ({run.method.tokens_per_epoch():,} train "
+        f"tokens per epoch, vocab {run.vocab:,}) {cfg.cell} {cfg.hidden} on {device} → "
+        f"{folder.path}"
+    )
     for note in _notes(cfg):
         sink.line(f"note: {note}")
     if saved is not None:
@@ -224,8 +250,9 @@ def train_epoch(run: Run, stop: StopSignals, device: torch.device) -> None:
             if i % 50 == 49 or due or stop.signum:
                 if _diverged(prog, f"epoch {prog.epoch}, step {i + 1}"):
                     return
-                bar.set_postfix(loss=f"{prog.sums['nll'].item() / prog.epoch_tokens:.3f}",
-                                refresh=False)
+                bar.set_postfix(
+                    loss=f"{prog.sums['nll'].item() / prog.epoch_tokens:.3f}", refresh=False
+                )
             if (due or stop.signum) and prog.step < len(steps):
                 now = time.time()
                 prog.epoch_s, t0 = prog.epoch_s + now - t0, now
@@ -251,32 +278,43 @@ def end_epoch(run: Run, valid_ids: Tensor) -> None:
     prog.train_s += dt
     prog.train_tokens += tokens
     train_nll = prog.sums["nll"].item() / tokens
-    v_nll, v_n = evaluate(model, valid_ids, cfg.eval_batch_size, cfg.eval_bptt,
-                          bar="valid" if cfg.progress else None)
+    v_nll, v_n = evaluate(
+        model, valid_ids, cfg.eval_batch_size, cfg.eval_bptt, bar="valid" if cfg.progress else None
+    )
     valid_ppl = perplexity(v_nll, v_n) if math.isfinite(v_nll) else math.inf
     prog.history.append(valid_ppl)
     improved = valid_ppl < prog.best_ppl
     if improved:
         prog.best_ppl, prog.best_epoch = valid_ppl, epoch
         run.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    record = {"epoch": epoch, "train/nll": train_nll, "train/ppl": _safe_exp(train_nll),
-              "train/tokens_per_s": tokens / dt, "train/epoch_s": dt,
-              "valid/ppl": valid_ppl, "valid/bits": bits_per_token(v_nll, v_n),
-              "valid/tokens": v_n, "valid/best_ppl": prog.best_ppl,
-              "optim/lr": opt.param_groups[0]["lr"]}
+    record = {
+        "epoch": epoch,
+        "train/nll": train_nll,
+        "train/ppl": _safe_exp(train_nll),
+        "train/tokens_per_s": tokens / dt,
+        "train/epoch_s": dt,
+        "valid/ppl": valid_ppl,
+        "valid/bits": bits_per_token(v_nll, v_n),
+        "valid/tokens": v_n,
+        "valid/best_ppl": prog.best_ppl,
+        "optim/lr": opt.param_groups[0]["lr"],
+    }
     for k, v in prog.sums.items():
         if k != "nll":
             record[f"tp/{k}"] = v.item() / prog.step
     run.sink.log("epoch", **record)
-    run.sink.line(f"epoch {epoch:3d} | train ppl {fmt_ppl(_safe_exp(train_nll))} | valid ppl "
-                  f"{fmt_ppl(valid_ppl)} | {tokens / dt:9,.0f} tok/s | {dt:6.1f} s"
-                  + (" *" if improved else ""))
+    run.sink.line(
+        f"epoch {epoch:3d} | train ppl {fmt_ppl(_safe_exp(train_nll))} | valid ppl "
+        f"{fmt_ppl(valid_ppl)} | {tokens / dt:9,.0f} tok/s | {dt:6.1f} s"
+        + (" *" if improved else "")
+    )
     prog.epoch, prog.step = epoch + 1, 0
     if not math.isfinite(train_nll) or not math.isfinite(valid_ppl):
         prog.stop_reason = f"diverged: loss is NaN or infinite at epoch {epoch}"
     elif cfg.max_ppl and valid_ppl > cfg.max_ppl:
-        prog.stop_reason = (f"diverged: valid ppl {fmt_ppl(valid_ppl).strip()} > --max-ppl "
-                            f"{cfg.max_ppl:g}")
+        prog.stop_reason = (
+            f"diverged: valid ppl {fmt_ppl(valid_ppl).strip()} > --max-ppl {cfg.max_ppl:g}"
+        )
     elif cfg.patience and epoch - prog.best_epoch >= cfg.patience:
         prog.stop_reason = f"early stop: no improvement for {cfg.patience} epochs"
     if cfg.optim == "sgd" and not improved:
@@ -288,22 +326,32 @@ def finish(run: Run, test_ids: Tensor | None, device: torch.device, t_start: flo
     """Score the test split with the best weights; write summary.json; say why it stopped."""
     cfg, prog, sink = run.cfg, run.prog, run.sink
     summary: dict[str, Any] = {
-        "best_valid_ppl": prog.best_ppl, "best_epoch": prog.best_epoch,
+        "best_valid_ppl": prog.best_ppl,
+        "best_epoch": prog.best_epoch,
         "final_valid_ppl": prog.history[-1] if prog.history else None,
-        "epochs": len(prog.history), "valid_ppl_history": prog.history,
+        "epochs": len(prog.history),
+        "valid_ppl_history": prog.history,
         "stop_reason": prog.stop_reason or "max_epochs",
         "train_tokens_per_s": prog.train_tokens / prog.train_s if prog.train_s else None,
-        "train_s": prog.train_s, **provenance(device),
+        "train_s": prog.train_s,
+        **provenance(device),
     }
     if prog.stop_reason is not None:
         sink.line(f"stopped: {prog.stop_reason}")
     if test_ids is not None and prog.best_epoch > 0:
         run.model.load_state_dict(run.best)
-        t_nll, t_n = evaluate(run.model, test_ids, cfg.eval_batch_size, cfg.eval_bptt,
-                              bar="test" if cfg.progress else None)
+        t_nll, t_n = evaluate(
+            run.model,
+            test_ids,
+            cfg.eval_batch_size,
+            cfg.eval_bptt,
+            bar="test" if cfg.progress else None,
+        )
         summary.update(test_ppl=perplexity(t_nll, t_n), test_bits=bits_per_token(t_nll, t_n))
-        sink.line(f"test ppl {fmt_ppl(summary['test_ppl']).strip()} (best epoch "
-                  f"{prog.best_epoch}, valid ppl {fmt_ppl(prog.best_ppl).strip()})")
+        sink.line(
+            f"test ppl {fmt_ppl(summary['test_ppl']).strip()} (best epoch "
+            f"{prog.best_epoch}, valid ppl {fmt_ppl(prog.best_ppl).strip()})"
+        )
     else:
         summary["test_ppl"] = None
     summary["wall_s"] = time.time() - t_start
@@ -311,9 +359,11 @@ def finish(run: Run, test_ids: Tensor | None, device: torch.device, t_start: flo
     run.folder.write_summary(summary)
     if summary["stop_reason"].startswith("diverged"):
         where = run.folder.path
-        kept = (f"the last good checkpoint and summary.json are in {where}"
-                if run.folder.checkpoint.exists() else
-                f"it had saved no checkpoint yet; summary.json is in {where}")
+        kept = (
+            f"the last good checkpoint and summary.json are in {where}"
+            if run.folder.checkpoint.exists()
+            else f"it had saved no checkpoint yet; summary.json is in {where}"
+        )
         raise Diverged(f"run stopped, {summary['stop_reason']}; {kept}")
     return summary
 
@@ -322,9 +372,11 @@ def _notes(cfg: Config) -> list[str]:
     """One line each for settings that will not do what their name suggests."""
     notes = []
     if cfg.row.duals and cfg.u_start_epoch > cfg.epochs:
-        notes.append(f"{cfg.method} takes its first dual step in epoch {cfg.u_start_epoch} "
-                     f"(--u-start-epoch), after the last of --epochs {cfg.epochs}: this run "
-                     "is the penalty method")
+        notes.append(
+            f"{cfg.method} takes its first dual step in epoch {cfg.u_start_epoch} "
+            f"(--u-start-epoch), after the last of --epochs {cfg.epochs}: this run "
+            "is the penalty method"
+        )
     return notes
 
 
