@@ -5,7 +5,7 @@ h-lr × λ (u-lr 0.1) with one seed. Stage 2 reruns the best grid point of each 
 more seeds. Runs go in parallel as `tprop train` subprocesses (one GPU is plenty: each run is
 small); a global deadline stops what is left and the tables are written from what finished.
 
-    python experiments/ptb_b20.py --data-dir ../shared/data --out runs/ptb_b20 --jobs 24
+    python experiments/ptb_b20.py --data-dir DATA --out runs/ptb_b20 --jobs 24
 
 Writes OUT/results.md (every run, and mean ± std per configuration) and OUT/results.json.
 """

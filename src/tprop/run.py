@@ -11,6 +11,7 @@ the process ends however it ends, so a killed run never blocks its own ``--resum
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -204,7 +205,8 @@ class StopSignals:
 
 # ---- provenance ---------------------------------------------------------------------------
 def git_commit() -> str | None:
-    """The commit of the code that runs, when it runs from a git checkout."""
+    """The commit of the code that runs: from git in a checkout, else from $TPROP_GIT_COMMIT
+    (set it when running a copy of the tree without .git, e.g. on a remote machine)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -213,9 +215,21 @@ def git_commit() -> str | None:
             text=True,
             timeout=5,
         )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+        pass
+    return os.environ.get("TPROP_GIT_COMMIT") or None
+
+
+def source_sha256() -> str:
+    """sha256 over the package's Python sources (path and content, sorted): names the code
+    that ran even without git, and is unchanged by anything outside src/tprop."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def device_name(device: torch.device) -> str:
