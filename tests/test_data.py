@@ -558,6 +558,16 @@ def test_text8_bad_sizes_and_files(tmp_path: Path) -> None:
     assert "not UTF-8" in one_line(e)
 
 
+def test_text8_split_by_explicit_character_counts(tmp_path: Path) -> None:
+    text8_file(tmp_path, " one two one two one")  # 20 characters
+    c = data.load_corpus("text8", tmp_path, text8_split="12,8")  # " one two one" | " two one"
+    assert (len(c.train), len(c.valid), c.test) == (3, 2, None)
+    for bad in ("12", "12,x", "0,20", "1,2,3,4"):
+        with pytest.raises(DataError) as e:
+            data.load_corpus("text8", tmp_path, text8_split=bad)
+        assert "N,M[,K]" in one_line(e)
+
+
 def test_fetch_text8_zip(tmp_path: Path, server: tuple[Path, str]) -> None:
     www, base = server
     text = "one two one two one"

@@ -326,17 +326,11 @@ def write_tiny_text8(root: Path, n_train: int = 3000, n_valid: int = 400) -> tup
 
 def test_table1_text8_grid_runs_end_to_end_on_a_small_text8_file(tmp_path, monkeypatch, capsys):
     """The built-in text8 grid (12 cells, one seed, one epoch) on a small file in text8's
-    format, then its report. The real protocol splits 99M/1M characters; the loader has no
-    protocol for a small file, so the runs see TEXT8_SPLITS['99m-1m'] patched to this file's
-    split (a sitecustomize on PYTHONPATH, read by every `tprop train` the sweep starts)."""
+    format, then its report. The real protocol splits 99M/1M characters; this file is split by
+    its own character counts (--text8-split N,M)."""
     data = tmp_path / "data"
     n_train, n_valid = write_tiny_text8(data)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        f"import tprop.data\ntprop.data.TEXT8_SPLITS['99m-1m'] = ({n_train}, {n_valid})\n"
-    )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), str(SRC)]))
+    monkeypatch.setenv("PYTHONPATH", str(SRC))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "text8"
     assert (
@@ -352,6 +346,8 @@ def test_table1_text8_grid_runs_end_to_end_on_a_small_text8_file(tmp_path, monke
             "1111,",
             "--set",
             "epochs=1",
+            "--set",
+            f"text8_split={n_train},{n_valid}",
             "--jobs",
             "2",
         )

@@ -68,7 +68,9 @@ class Config:
         "folder holding <dataset>/ files; when given it must hold them",
         shown="$TPROP_DATA_DIR, the cache, the shipped copy",
     )
-    text8_split: Literal["99m-1m", "90m-5m-5m"] = _f("99m-1m", "text8 split protocol")
+    text8_split: str = _f(
+        "99m-1m", "text8 split: 99m-1m | 90m-5m-5m | N,M[,K] characters of train, valid[, test]"
+    )
     train_limit: int = _f(0, "use only the first N training tokens (0 = all; for demos/smoke)")
     eval_limit: int = _f(0, "use only the first N valid/test tokens (0 = all; for demos/smoke)")
     # --- model ------------------------------------------------------------------------------

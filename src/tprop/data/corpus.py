@@ -258,6 +258,19 @@ def read_text8(
     )
 
 
+def text8_split_chars(text8_split: str) -> tuple[int, ...]:
+    """Character counts of a text8 split: a protocol name of TEXT8_SPLITS, or "N,M[,K]"."""
+    if text8_split in TEXT8_SPLITS:
+        return TEXT8_SPLITS[text8_split]
+    parts = text8_split.split(",")
+    if len(parts) in (2, 3) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return tuple(int(p) for p in parts)
+    raise DataError(
+        f"text8: unknown split {text8_split!r}; choose one of {', '.join(TEXT8_SPLITS)} or give "
+        "the character counts of train, valid[, test] as N,M[,K]"
+    )
+
+
 def load_corpus(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -265,18 +278,16 @@ def load_corpus(
 ) -> Corpus:
     """Read and tokenise dataset `name` from the folder `resolve_dir(name, data_dir)`.
 
-    `text8_split` picks a row of TEXT8_SPLITS and is ignored for the other datasets.
+    `text8_split` names a row of TEXT8_SPLITS or gives the character counts ("N,M[,K]", for a
+    file in text8's format of another length); it is ignored for the other datasets.
     """
     ds = spec(name)
-    if ds.kind == "text8" and text8_split not in TEXT8_SPLITS:
-        raise DataError(
-            f"text8: unknown split {text8_split!r}; choose one of {', '.join(TEXT8_SPLITS)}"
-        )
+    chars = text8_split_chars(text8_split) if ds.kind == "text8" else ()
     folder = resolve_dir(name, data_dir)
     paths = [present(folder, fname) for fname in ds.files]
     assert all(p is not None for p in paths)  # resolve_dir guarantees every file
     if ds.kind == "text8":
-        return read_text8(paths[0], TEXT8_SPLITS[text8_split])  # type: ignore[arg-type]
+        return read_text8(paths[0], chars)  # type: ignore[arg-type]
     stoi: dict[str, int] = {}
     train, valid, test = (
         _encode_lines(path, name, stoi, grow=(split == "train"))  # type: ignore[arg-type]
