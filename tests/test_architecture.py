@@ -35,13 +35,14 @@ def test_block_rows_is_the_diagram_in_batching():
     assert layout_shape("streams", 32) == (32, 1) and layout_shape("adjacent", 32) == (1, 32)
 
 
-def l1(z_next, e, u, lam, decode):
+def l1(z_next, e, u, decode, w):
     """A toy constraint: λ Σ |z_{j+1} − e_j + u_j|."""
-    return lam * (z_next - e + u).abs().sum()
+    return w.lam * (z_next - e + u).abs().sum()
 
 
 def test_a_new_constraint_is_one_function_and_one_row(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setitem(objective.CONSTRAINTS, "l1", l1)  # the one row
+    row = objective.Constraint(l1, duals=True, settings=("lam",))
+    monkeypatch.setitem(objective.CONSTRAINTS, "l1", row)  # the one row
     out = tmp_path / "run"
     assert (
         main(

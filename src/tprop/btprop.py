@@ -33,7 +33,7 @@ from tprop.batching import batchify, block_rows, layout_shape, n_block_rows
 from tprop.config import Config, ConfigError
 from tprop.methods import theta_update
 from tprop.model import RNNLM
-from tprop.objective import CONSTRAINTS, lagrangian, nll_sum, residuals
+from tprop.objective import CONSTRAINTS, Weights, lagrangian, nll_sum, residuals
 
 
 class HOptimizer:
@@ -71,6 +71,7 @@ class BlockTP:
         self, model: RNNLM, optimizer: torch.optim.Optimizer, train_ids: Tensor, cfg: Config
     ):
         self.model, self.opt, self.cfg, self.row = model, optimizer, cfg, cfg.row
+        self.weights = Weights(cfg.lam, cfg.kl_weight, cfg.kl_direction)
         streams, rows = layout_shape(cfg.layout, cfg.batch_size, cfg.rows_per_step)
         self.data = batchify(train_ids, streams)  # (T, S)
         self.n_streams = streams
@@ -153,7 +154,9 @@ class BlockTP:
         """L_aug of paper Eq. 7 (scaled by ``loss_scale``) with the configured constraint: the
         one place it is assembled, for the H-, θ- and dual steps alike."""
         cfg = self.cfg
-        pen = CONSTRAINTS[cfg.constraint](z_next, e, u, cfg.lam, self.model.decoder)
+        pen = CONSTRAINTS[cfg.constraint].penalty(
+            z_next, e, u, self.model.decode_state, self.weights
+        )
         return lagrangian(
             nll, pen, block_size=cfg.block_size, n_blocks=n_blocks, scale=cfg.loss_scale
         )

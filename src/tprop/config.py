@@ -115,6 +115,10 @@ class Config:
     constraint: str = _f(
         "l2", "constraint between z_{j+1} and e_j", tp=True, choices=lambda: tuple(_constraints())
     )
+    kl_weight: float = _f(1.0, "weight of the KL term (--constraint kl, l2+kl)", tp=True)
+    kl_direction: Literal["forward", "reverse"] = _f(
+        "forward", "KL(p(z_{j+1}) ‖ p(e_j)) | the reverse", tp=True
+    )
     lam: float = _f(1.0, "λ: penalty weight (paper Eq. 7)", tp=True)
     u_lr: float | None = _f(None, "α_u: dual ascent step", tp=True, shown="0.1 for admm/alm")
     u_start_epoch: int | None = _f(

@@ -48,6 +48,17 @@ class RNNLM(nn.Module):
         """θ of the transition g (embedding + cell), without the decoder (appendix A.1)."""
         return [*self.embedding.parameters(), *self.rnn.parameters()]
 
+    def readout(self, state: Tensor) -> Tensor:
+        """The top layer's h of flat states (..., D) → (..., d): what the decoder reads."""
+        lead = state.shape[:-1]
+        if self.cell == "lstm":
+            return state.reshape(*lead, 2, self.layers, self.hidden)[..., 0, -1, :]
+        return state.reshape(*lead, self.layers, self.hidden)[..., -1, :]
+
+    def decode_state(self, state: Tensor) -> Tensor:
+        """Logits of flat states (..., D) → (..., V), as if each were the last computed state."""
+        return self.decoder(self.readout(state))
+
     def zero_state(self, n: int) -> Tensor:
         w = self.decoder.weight
         return torch.zeros(n, self.state_size, dtype=w.dtype, device=w.device)

@@ -6,6 +6,8 @@ The blocked augmented Lagrangian (paper Eq. 7) is
 
     L_aug = Σ_j Σ_k ℓ(f(ĥ_j^(k)), y_j^(k)) + (λ/2) Σ_j ‖z_{j+1} − e_j + u_j‖²
 
+(the second term is the L2 row of `CONSTRAINTS`; other rows replace or extend it)
+
 and, with ``scale="mean"`` (the released code's normalisation), (1/S)·[NLL/B + (λ/2)·Σ‖·‖²]
 over the S blocks of the update.
 """
@@ -14,14 +16,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor
 
 LN2 = math.log(2.0)
 
-Decode = Callable[[Tensor], Tensor]
-Constraint = Callable[[Tensor, Tensor, Tensor, float, Decode], Tensor]
+Decode = Callable[[Tensor], Tensor]  # flat states (..., D) → logits (..., V)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights of the constraint terms: λ of the L2 penalty, the KL term's weight and
+    direction (forward: KL(p(z_{j+1}) ‖ p(e_j)); reverse: KL(p(e_j) ‖ p(z_{j+1})))."""
+
+    lam: float
+    kl: float = 0.0
+    kl_direction: str = "forward"
 
 
 def nll_sum(logits: Tensor, targets: Tensor) -> Tensor:
@@ -41,20 +53,49 @@ def penalty(r: Tensor, u: Tensor, lam: float) -> Tensor:
     return 0.5 * lam * (r + u).pow(2).sum()
 
 
-def l2(z_next: Tensor, e: Tensor, u: Tensor, lam: float, decode: Decode) -> Tensor:
+def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """Σ over rows of KL(softmax(logits_p) ‖ softmax(logits_q)), in nats."""
+    log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
+def l2(z_next: Tensor, e: Tensor, u: Tensor, decode: Decode, w: Weights) -> Tensor:
     """The paper's constraint: (λ/2) Σ_j ‖z_{j+1} − e_j + u_j‖² (Eq. 7)."""
-    return penalty(residuals(z_next, e), u, lam)
+    return penalty(residuals(z_next, e), u, w.lam)
+
+
+def kl(z_next: Tensor, e: Tensor, u: Tensor, decode: Decode, w: Weights) -> Tensor:
+    """The constraint the paper proposes in §4.3: the output distributions of the free state
+    and of the computed state agree, w·Σ_j KL(softmax(W_y z_{j+1}) ‖ softmax(W_y e_j)) (or the
+    reverse). Its gradient reaches the decoder too; it has no dual term."""
+    p, q = decode(z_next), decode(e)
+    return w.kl * (kl_divergence(p, q) if w.kl_direction == "forward" else kl_divergence(q, p))
+
+
+def l2_kl(z_next: Tensor, e: Tensor, u: Tensor, decode: Decode, w: Weights) -> Tensor:
+    """Both: the L2 penalty with its duals, plus the KL term."""
+    return l2(z_next, e, u, decode, w) + kl(z_next, e, u, decode, w)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    penalty: Callable[[Tensor, Tensor, Tensor, Decode, Weights], Tensor]
+    duals: bool  # u enters the penalty, so dual ascent can act on it
+    settings: tuple[str, ...]  # the Config fields it reads (others are refused if set)
 
 
 CONSTRAINTS: dict[str, Constraint] = {
-    "l2": l2,
+    "l2": Constraint(l2, duals=True, settings=("lam",)),
+    "kl": Constraint(kl, duals=False, settings=("kl_weight", "kl_direction")),
+    "l2+kl": Constraint(l2_kl, duals=True, settings=("lam", "kl_weight", "kl_direction")),
 }
-"""The constraint table: name → penalty(z_next, e, u, lam, decode), a scalar to add to the NLL.
+"""The constraint table: name → penalty(z_next, e, u, decode, weights), a scalar added to the
+NLL in L_aug, with whether it has a dual term and which settings it reads.
 
-z_next, e, u are (k, S, D) for the k active boundaries of a chunk; ``decode`` maps states to
-logits (the model's decoder, for constraints on output distributions). A new constraint is one
-function and one row here; `--constraint NAME` selects it, and the step and the dual step both
-call it through `BlockTP.penalty`.
+z_next, e, u are (k, S, D) for the k active boundaries of a chunk; ``decode`` maps flat states
+to logits (the model's decoder on the top layer's h). A new constraint is one function and one
+row here; `--constraint NAME` selects it, and the H-, θ- and dual steps all call it through
+`BlockTP.l_aug`.
 """
 
 

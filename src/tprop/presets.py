@@ -89,7 +89,19 @@ def resolve(cfg: Config) -> Config:
             "contradicts (it re-zeroes z_S); use --z-init chained"
         )
     _refuse_idle_duals(out)
+    _refuse_unread_settings(out, specs)
     return out
+
+
+def _refuse_unread_settings(cfg: Config, specs: dict[str, Any]) -> None:
+    """A constraint setting given for a constraint that does not read it is a mistake."""
+    reads = _constraints()[cfg.constraint].settings
+    for name in ("kl_weight", "kl_direction"):
+        if name not in reads and getattr(cfg, name) != specs[name].default:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} applies to --constraint kl or l2+kl, not "
+                f"{cfg.constraint}; drop it or choose such a constraint"
+            )
 
 
 def _refuse_idle_duals(cfg: Config) -> None:
@@ -97,6 +109,11 @@ def _refuse_idle_duals(cfg: Config) -> None:
     refuse it in one line rather than run PM under another name."""
     if not cfg.row.duals or not cfg.u_lr:
         return  # u-lr 0 is PM on purpose (a test identity)
+    if not _constraints()[cfg.constraint].duals:
+        raise ConfigError(
+            f"{cfg.method} with --constraint {cfg.constraint} is the penalty method: that "
+            f"constraint has no dual term; use --method pm, or --constraint l2+kl"
+        )
     fix = "use another --dual-placement, --persist-u/--persist-z, or --method pm"
     if cfg.dual_placement == "after_theta" and not cfg.persist_u:
         raise ConfigError(
@@ -146,6 +163,7 @@ _BOUNDS: dict[str, tuple[float, bool, float]] = {
             "lam",
             "clip",
             "u_lr",
+            "kl_weight",
         )
     },
     "lr": (0, False, math.inf),
