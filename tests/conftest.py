@@ -27,3 +27,15 @@ def write_tiny_ptb(root: Path, n_lines=(120, 20, 20), seed: int = 0) -> Path:
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return write_tiny_ptb(tmp_path / "data")
+
+
+TINY = ["--dataset", "ptb", "--hidden", "16", "--batch-size", "4", "--no-progress",
+        "--device", "cpu"]  # fmt: skip
+
+
+def train_tiny(data: Path, out: Path, flags: str = "", *extra: str) -> int:
+    """`tprop train` on the tiny corpus; `flags` is a space-separated string of more flags."""
+    from tprop.cli import main
+
+    return main(["train", *TINY, "--data-dir", str(data), "--out", str(out), *flags.split(),
+                 *extra])  # fmt: skip

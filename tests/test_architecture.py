@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from conftest import train_tiny
 from tprop import objective
 from tprop.batching import batchify, block_rows, layout_shape, n_block_rows
-from tprop.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tprop"
 
@@ -40,79 +40,20 @@ def l1(z_next, e, u, decode, w):
     return w.lam * (z_next - e + u).abs().sum()
 
 
+FLAGS = "--hidden 8 --epochs 1 --method admm --block-size 5 --u-start-epoch 1 --lam 0.5"
+
+
 def test_a_new_constraint_is_one_function_and_one_row(tiny_data, tmp_path, monkeypatch):
     row = objective.Constraint(l1, duals=True, settings=("lam",))
     monkeypatch.setitem(objective.CONSTRAINTS, "l1", row)  # the one row
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--dataset",
-                "ptb",
-                "--data-dir",
-                str(tiny_data),
-                "--hidden",
-                "8",
-                "--batch-size",
-                "4",
-                "--epochs",
-                "1",
-                "--no-progress",
-                "--device",
-                "cpu",
-                "--method",
-                "admm",
-                "--block-size",
-                "5",
-                "--u-start-epoch",
-                "1",
-                "--constraint",
-                "l1",
-                "--lam",
-                "0.5",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(tiny_data, out, f"{FLAGS} --constraint l1") == 0
     cfg = json.loads((out / "config.json").read_text())
     epoch = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][0]
     assert cfg["constraint"] == "l1" and epoch["tp/dual_norm"] > 0
     # The L1 dual step moves each u by ±α_u·λ/(scale): a different run from L2.
     out2 = tmp_path / "run2"
-    assert (
-        main(
-            [
-                "train",
-                "--dataset",
-                "ptb",
-                "--data-dir",
-                str(tiny_data),
-                "--hidden",
-                "8",
-                "--batch-size",
-                "4",
-                "--epochs",
-                "1",
-                "--no-progress",
-                "--device",
-                "cpu",
-                "--method",
-                "admm",
-                "--block-size",
-                "5",
-                "--u-start-epoch",
-                "1",
-                "--lam",
-                "0.5",
-                "--out",
-                str(out2),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(tiny_data, out2, FLAGS) == 0
     epoch2 = [json.loads(x) for x in (out2 / "metrics.jsonl").read_text().splitlines()][0]
     assert epoch["tp/theta_loss"] != epoch2["tp/theta_loss"]
 

@@ -11,20 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import TINY, train_tiny
 from tprop.cli import demo_config, main
 from tprop.train import train
 
-TINY = [
-    "--dataset",
-    "ptb",
-    "--hidden",
-    "16",
-    "--batch-size",
-    "4",
-    "--no-progress",
-    "--device",
-    "cpu",
-]
 DEMO_SMALL = ["--train-limit", "3000", "--eval-limit", "1000", "--epochs", "2", "--device", "cpu"]
 
 
@@ -60,25 +50,7 @@ def test_demo_admm_takes_dual_steps_differs_from_pm_and_runs_twice(tmp_path, cap
 
 
 def test_admm_that_never_reaches_its_dual_epoch_says_so(tiny_data, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "train",
-                *TINY,
-                "--data-dir",
-                str(tiny_data),
-                "--epochs",
-                "2",
-                "--method",
-                "admm",
-                "--block-size",
-                "5",
-                "--out",
-                str(tmp_path / "r"),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(tiny_data, tmp_path / "r", "--epochs 2 --method admm --block-size 5") == 0
     out = capsys.readouterr().out
     assert "note: admm takes its first dual step in epoch 3" in out
     assert "this run is the penalty method" in out
@@ -86,27 +58,7 @@ def test_admm_that_never_reaches_its_dual_epoch_says_so(tiny_data, tmp_path, cap
 
 def test_eval_takes_a_run_folder_and_applies_the_runs_limits(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                *TINY,
-                "--data-dir",
-                str(tiny_data),
-                "--epochs",
-                "1",
-                "--method",
-                "bptt",
-                "--bptt",
-                "5",
-                "--eval-limit",
-                "100",
-                "--out",
-                str(run),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(tiny_data, run, "--epochs 1 --method bptt --bptt 5 --eval-limit 100") == 0
     summary = json.loads((run / "summary.json").read_text())
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--no-progress"]) == 0
@@ -121,26 +73,8 @@ def test_eval_takes_a_run_folder_and_applies_the_runs_limits(tiny_data, tmp_path
 
 def test_divergence_in_the_first_epoch_says_only_what_is_true(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            *TINY,
-            "--data-dir",
-            str(tiny_data),
-            "--epochs",
-            "2",
-            "--optim",
-            "sgd",
-            "--lr",
-            "50",
-            "--clip",
-            "0",
-            "--max-ppl",
-            "100",
-            "--out",
-            str(run),
-        ]
-    )
+    flags = "--epochs 2 --optim sgd --lr 50 --clip 0 --max-ppl 100"
+    code = train_tiny(tiny_data, run, flags)
     out, err = capsys.readouterr()
     assert code == 3 and err.count("\n") == 1, err
     assert "saved no checkpoint yet" in err and "last good checkpoint" not in err, err
@@ -151,25 +85,7 @@ def test_divergence_in_the_first_epoch_says_only_what_is_true(tiny_data, tmp_pat
 
 def test_a_closed_pipe_ends_quietly(tiny_data, tmp_path):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                *TINY,
-                "--data-dir",
-                str(tiny_data),
-                "--epochs",
-                "1",
-                "--method",
-                "bptt",
-                "--bptt",
-                "5",
-                "--out",
-                str(run),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(tiny_data, run, "--epochs 1 --method bptt --bptt 5") == 0
     # `tprop eval … | head -0`: the reader is gone before tprop writes a byte.
     r, w = os.pipe()
     os.close(r)
@@ -188,23 +104,8 @@ def test_two_runs_into_one_folder_one_writer(tiny_data, tmp_path):
     """Started together, one run trains and the other is refused in one line: the folder ends
     with one run's files, never a mix."""
     run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "tprop",
-        "train",
-        *TINY,
-        "--data-dir",
-        str(tiny_data),
-        "--epochs",
-        "2",
-        "--method",
-        "bptt",
-        "--bptt",
-        "5",
-        "--out",
-        str(run),
-    ]
+    flags = f"--epochs 2 --method bptt --bptt 5 --data-dir {tiny_data} --out {run}".split()
+    args = [sys.executable, "-m", "tprop", "train", *TINY, *flags]
     procs = [
         subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -220,25 +121,7 @@ def test_two_runs_into_one_folder_one_writer(tiny_data, tmp_path):
 
 def test_a_held_folder_is_refused_and_a_dead_writer_does_not_block(tiny_data, tmp_path):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                *TINY,
-                "--data-dir",
-                str(tiny_data),
-                "--epochs",
-                "1",
-                "--method",
-                "bptt",
-                "--bptt",
-                "5",
-                "--out",
-                str(run),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(tiny_data, run, "--epochs 1 --method bptt --bptt 5") == 0
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -281,25 +164,7 @@ def test_run_files_follow_the_umask(tiny_data, tmp_path):
     old = os.umask(0o022)
     try:
         run = tmp_path / "run"
-        assert (
-            main(
-                [
-                    "train",
-                    *TINY,
-                    "--data-dir",
-                    str(tiny_data),
-                    "--epochs",
-                    "1",
-                    "--method",
-                    "bptt",
-                    "--bptt",
-                    "5",
-                    "--out",
-                    str(run),
-                ]
-            )
-            == 0
-        )
+        assert train_tiny(tiny_data, run, "--epochs 1 --method bptt --bptt 5") == 0
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()}
