@@ -143,6 +143,20 @@ def _add_eval(sub) -> None:
         default=None,
         help="evaluation streams [default: the run's --eval-batch-size]",
     )
+    t = e.add_argument_group(
+        "test-time H-steps (paper §4; docs/generation.md)",
+        "After a block is scored, take N steps (--tt-h-optim, step size --tt-h-lr) on its "
+        "start state against its tokens, θ frozen; the next block starts from the end state "
+        "that the refined state gives. N = 0 is plain evaluation.",
+    )
+    t.add_argument("--tt-h-steps", type=int, default=0, metavar="N", help="per block [default: 0]")
+    t.add_argument("--tt-h-lr", type=float, default=0.01, metavar="LR", help="[default: 0.01]")
+    t.add_argument(
+        "--tt-h-optim", choices=["adagrad", "sgd"], default="adagrad", help="[default: adagrad]"
+    )
+    t.add_argument(
+        "--tt-block", type=int, metavar="B", help="[default: the run's --block-size or --bptt]"
+    )
     add_config_flags(
         e,
         ["data_dir", "device", "progress"],
@@ -187,10 +201,11 @@ def _train(ns: argparse.Namespace) -> int:
 
 
 def _eval(ns: argparse.Namespace) -> int:
-    from tprop.evaluate import evaluate_checkpoint
+    from tprop.evaluate import TestTime, evaluate_checkpoint
 
     if ns.batch_size is not None and ns.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1 (got {ns.batch_size})")
+    tt = TestTime(ns.tt_h_steps, ns.tt_h_lr, ns.tt_h_optim, ns.tt_block)
     r = evaluate_checkpoint(
         ns.checkpoint,
         ns.split,
@@ -200,11 +215,18 @@ def _eval(ns: argparse.Namespace) -> int:
         ns.device,
         ns.limit,
         show_progress=ns.progress,
+        tt=tt,
     )
     scope = f"first {r['limit']:,} tokens" if r["limit"] else "whole split"
+    told = (
+        f" | test-time {r['tt_h_steps']} H-steps ({r['tt_h_optim']}, lr {r['tt_h_lr']:g}) "
+        f"per {r['tt_block']}-token block"
+        if "tt_h_steps" in r
+        else ""
+    )
     print(
         f"{r['split']} ppl {r['ppl']:.2f} | bits/token {r['bits']:.4f} | {r['tokens']:,} "
-        f"tokens scored ({scope}) | {r['weights']} weights (epoch {r['epoch']})"
+        f"tokens scored ({scope}) | {r['weights']} weights (epoch {r['epoch']}){told}"
     )
     print(json.dumps(r))
     return 0
