@@ -13,7 +13,8 @@ each block j in order:
 
 The refinement only ever uses tokens that were already scored, so no later token leaks into a
 prediction (`tests/test_test_time.py` checks it exactly in float64). The token count and the
-denominator are those of `evaluate`, and N = 0 gives `evaluate`'s result.
+denominator are those of `evaluate`, and N = 0 gives `evaluate`'s result. Measured effect on
+PTB: docs/generation.md.
 """
 
 from __future__ import annotations
