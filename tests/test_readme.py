@@ -1,19 +1,27 @@
-"""The README's results block is what `tprop report` prints from the committed run folders."""
+"""The results blocks of README.md and docs/reproduction.md are what `tprop report` prints from
+the committed run folders, byte for byte."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
 from tprop.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"<!-- report: (\S+) -->\n(.*?)\n<!-- end report -->", re.S)
+BLOCKS = [(doc, m.group(1), m.group(2)) for doc in ("README.md", "docs/reproduction.md")
+          for m in BLOCK.finditer((ROOT / doc).read_text())]  # fmt: skip
 
 
-def test_readme_results_are_the_report(capsys, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- report: (\S+) -->\n(.*?)\n<!-- end report -->", readme, re.S)
-    assert block, "README.md has no report block"
+def test_every_document_has_its_report_blocks():
+    assert {doc for doc, _, _ in BLOCKS} == {"README.md", "docs/reproduction.md"}
+
+
+@pytest.mark.parametrize("doc,folder,text", BLOCKS, ids=[f"{d}:{f}" for d, f, _ in BLOCKS])
+def test_report_block_is_what_the_report_prints(doc, folder, text, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert main(["report", block.group(1), "--markdown-only"]) == 0
-    assert capsys.readouterr().out.strip() == block.group(2).strip()
+    assert main(["report", folder, "--markdown-only"]) == 0
+    assert capsys.readouterr().out.strip() == text.strip(), f"{doc}: rerun the report"

@@ -117,6 +117,7 @@ class Run:
     best: dict[str, Tensor]  # the best-validation weights so far
     sink: MetricsSink | None = None
     last_save: float = field(default_factory=time.time)
+    origin: dict[str, Any] = field(default_factory=dict)  # code and device, read at the start
 
     def save(self) -> None:
         f = self.folder
@@ -204,6 +205,7 @@ def build_run(
         len(corpus.vocab),
         Progress(),
         {k: v.detach().clone() for k, v in model.state_dict().items()},
+        origin=provenance(device),  # the code that starts the run, before HEAD can move
     )
     return run, corpus.source, valid_ids, test_ids
 
@@ -334,7 +336,7 @@ def finish(run: Run, test_ids: Tensor | None, device: torch.device, t_start: flo
         "stop_reason": prog.stop_reason or "max_epochs",
         "train_tokens_per_s": prog.train_tokens / prog.train_s if prog.train_s else None,
         "train_s": prog.train_s,
-        **provenance(device),
+        **run.origin,
     }
     if prog.stop_reason is not None:
         sink.line(f"stopped: {prog.stop_reason}")
