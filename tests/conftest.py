@@ -39,3 +39,12 @@ def train_tiny(data: Path, out: Path, flags: str = "", *extra: str) -> int:
 
     return main(["train", *TINY, "--data-dir", str(data), "--out", str(out), *flags.split(),
                  *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One BPTT run on the tiny corpus, shared by a module's tests (generate, eval)."""
+    root = tmp_path_factory.mktemp("run")
+    run = root / "run"
+    assert train_tiny(write_tiny_ptb(root / "data"), run, "--epochs 1 --method bptt --bptt 5") == 0
+    return run

@@ -15,19 +15,6 @@ from tprop.generate import generate, prompt_ids, render
 from tprop.model import RNNLM
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    from conftest import write_tiny_ptb
-
-    root = tmp_path_factory.mktemp("gen")
-    data = write_tiny_ptb(root / "data")
-    run = root / "run"
-    argv = ["train", "--dataset", "ptb", "--data-dir", str(data), "--hidden", "16"]
-    argv += ["--batch-size", "4", "--epochs", "1", "--no-progress", "--device", "cpu"]
-    assert main([*argv, "--method", "bptt", "--bptt", "5", "--out", str(run)]) == 0
-    return run
-
-
 def _generate(run: Path, capsys, *flags: str) -> tuple[int, str, str]:
     code = main(["generate", "--checkpoint", str(run), "--device", "cpu", *flags])
     out, err = capsys.readouterr()

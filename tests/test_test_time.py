@@ -133,19 +133,6 @@ def test_an_h_step_lowers_the_nll_of_the_block(optim):
     assert (after < before).all()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from conftest import write_tiny_ptb
-
-    root = tmp_path_factory.mktemp("tt")
-    data = write_tiny_ptb(root / "data")
-    run = root / "run"
-    argv = ["train", "--dataset", "ptb", "--data-dir", str(data), "--hidden", "16"]
-    argv += ["--batch-size", "4", "--epochs", "1", "--no-progress", "--device", "cpu"]
-    assert main([*argv, "--method", "bptt", "--bptt", "5", "--out", str(run)]) == 0
-    return run
-
-
 def _eval(run, capsys, *flags: str) -> tuple[str, dict]:
     argv = ["eval", "--checkpoint", str(run), "--split", "valid", "--no-progress", *flags]
     assert main(argv) == 0
