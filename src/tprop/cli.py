@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     from tprop.data import DataError
     from tprop.run import Diverged, Interrupted, RunError
 
+    importlib.import_module("tprop.alloc").tune()  # malloc thresholds for tensors (tprop.alloc)
     try:
         ns = parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a bad flag (already reported in one line)
