@@ -324,7 +324,7 @@ def test_batch_mode_keeps_dataset_sized_z_and_u_across_epochs(preset):
     assert cfg.persist_z and cfg.persist_u and len(mtd.steps()) == 1  # one step = one epoch
     inits = []
     real_init = mtd.init_z
-    mtd.init_z = lambda x: inits.append(1) or real_init(x)  # count re-initialisations
+    mtd.init_z = lambda *a: inits.append(1) or real_init(*a)  # count re-initialisations
     for epoch in (1, 2, 3):
         mtd.start_epoch()
         mtd.step(*mtd.steps()[0], epoch=epoch)

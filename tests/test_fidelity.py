@@ -37,11 +37,12 @@ def test_last_target_takes_no_step_from_rounding_noise_float32():
     a, b = mt.steps()[1]
     x, y = block_rows(mt.data, a, b - a, 20)
     mt.carry = torch.randn_like(mt.carry)
-    z = mt.init_z(x)
+    sh = mt.comm.shard(a, b)
+    z = mt.init_z(x, sh)
     z_last = z[-1].clone()
-    mt.h_steps(x, y, z, mt.load_u(a, b))
+    mt.h_steps(x, y, z, mt.load_u(sh), sh)
     assert torch.equal(z[-1], z_last)
-    assert (z[1:-1] - mt.init_z(x)[1:-1]).abs().max() > 1e-3  # the others did move
+    assert (z[1:-1] - mt.init_z(x, sh)[1:-1]).abs().max() > 1e-3  # the others did move
 
 
 def test_batch_mode_last_target_does_not_depend_on_the_chunk_size():
@@ -140,8 +141,9 @@ def test_rows_per_step_lets_neighbouring_blocks_meet():
     assert [r for a, b in three.steps() for r in range(a, b)] == list(range(one.n_rows))
     a, b = three.steps()[1]
     x, y = block_rows(three.data, a, b - a, 5)
-    z = three.init_z(x)
-    p = three.forward_backward(x, y, z, three.load_u(a, b), grad_z=True, grad_theta=False)
+    sh = three.comm.shard(a, b)
+    z = three.init_z(x, sh)
+    p = three.forward_backward(x, y, z, three.load_u(sh), sh, grad_z=True, grad_theta=False)
     assert z.shape[0] == 4 and bool((p.grad_z[1:3].abs().sum(-1) > 0).all())
     assert p.grad_z[3].abs().sum() == 0  # the last target: no block after it, and λ = 0
 

@@ -92,9 +92,10 @@ def test_kl_gradient_reaches_the_decoder_and_l2_does_not():
     }.items():
         mt = method(ids, method="pm", **kw)
         x, y = block_rows(mt.data, 0, 4, 5)
-        z = mt.init_z(x) + 0.3  # free states away from the computed ones
+        sh = mt.comm.shard(0, 4)
+        z = mt.init_z(x, sh) + 0.3  # free states away from the computed ones
         mt.opt.zero_grad()
-        mt.forward_backward(x, y, z, mt.load_u(0, 4), grad_z=False, grad_theta=True)
+        mt.forward_backward(x, y, z, mt.load_u(sh), sh, grad_z=False, grad_theta=True)
         grads[name] = mt.model.decoder.weight.grad.clone()
     assert torch.equal(grads["l2"], grads["none"])  # L2 acts on states only
     assert (grads["kl"] - grads["none"]).abs().max() > 1e-6

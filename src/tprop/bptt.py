@@ -1,4 +1,8 @@
-"""Truncated BPTT (paper §1.1): windows of K tokens over S streams, state carried and detached."""
+"""Truncated BPTT (paper §1.1): windows of K tokens over S streams, state carried and detached.
+
+With several processes it is data-parallel: each rank runs a contiguous share of the S streams
+(`tprop.parallel`), scales its loss by the global token count, and the θ-gradients are summed.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from tprop.config import Config, ConfigError
 from tprop.methods import theta_update
 from tprop.model import RNNLM
 from tprop.objective import nll_sum
+from tprop.parallel import Comm
 
 
 class TruncatedBPTT:
@@ -26,16 +31,26 @@ class TruncatedBPTT:
         clip: float,
         full_batch: bool,
         carry_across_epochs: bool = False,
+        comm: Comm | None = None,
     ):
-        self.model, self.opt, self.data = model, optimizer, data  # data: (T, S) streams
+        self.comm = comm or Comm()
+        self.streams = self.comm.shard(0, data.shape[1])  # this rank's streams [lo, hi)
+        self.model, self.opt = model, optimizer
+        self.data = data[:, self.streams.lo : self.streams.hi]  # (T, S_rank)
+        self.n_streams = data.shape[1]  # S of all ranks: the loss is a mean over them
         self.k, self.clip, self.full_batch = k, clip, full_batch
         self.carry_across_epochs = carry_across_epochs
         self.n = n_windows(data, k)
-        self.state = model.zero_state(data.shape[1])
+        self.state = model.zero_state(self.data.shape[1])
 
     @classmethod
     def from_config(
-        cls, cfg: Config, model: RNNLM, optimizer: torch.optim.Optimizer, train_ids: Tensor
+        cls,
+        cfg: Config,
+        model: RNNLM,
+        optimizer: torch.optim.Optimizer,
+        train_ids: Tensor,
+        comm: Comm | None = None,
     ) -> TruncatedBPTT:
         data = batchify(train_ids, cfg.batch_size)
         if n_windows(data, cfg.bptt) < 1:
@@ -43,15 +58,28 @@ class TruncatedBPTT:
                 f"--bptt {cfg.bptt} is longer than the training data per stream "
                 f"({data.shape[0]} tokens with --batch-size {cfg.batch_size}); lower either"
             )
+        world = comm.world if comm else 1
+        if cfg.batch_size < world:
+            raise ConfigError(
+                f"data-parallel BPTT gives each of the {world} processes its own streams: "
+                f"--batch-size {cfg.batch_size} is too few; use at least --batch-size {world}"
+            )
         return cls(
-            model, optimizer, data, cfg.bptt, cfg.clip, cfg.full_batch, cfg.carry_across_epochs
+            model,
+            optimizer,
+            data,
+            cfg.bptt,
+            cfg.clip,
+            cfg.full_batch,
+            cfg.carry_across_epochs,
+            comm,
         )
 
     def steps(self) -> list[tuple[int, ...]]:
         return [(i,) for i in range(self.n)]
 
     def tokens_per_epoch(self) -> int:
-        return self.n * self.k * self.data.shape[1]
+        return self.n * self.k * self.n_streams
 
     def start_epoch(self) -> None:
         if not self.carry_across_epochs:
@@ -65,19 +93,31 @@ class TruncatedBPTT:
             self.opt.zero_grad(set_to_none=True)
         logits, last = self.model(x, self.state)
         nll = nll_sum(logits, y)
-        loss = nll / y.numel()  # mean cross-entropy over the window
+        loss = nll / (self.k * self.n_streams)  # mean cross-entropy over the window
         (loss / self.n if self.full_batch else loss).backward()
         if not self.full_batch or i == self.n - 1:  # full batch: one update from the mean
-            theta_update(self.model, self.opt, self.clip)
+            theta_update(self.model, self.opt, self.clip, self.comm)
         self.state = last.detach()  # the truncation: carried, but no gradient flows back
         return {"nll": nll.detach(), "tokens": torch.tensor(y.numel())}
 
     def state_dict(self) -> dict[str, Any]:
-        # Full-batch mode accumulates the epoch's gradient across steps: part of the state.
-        grads = [p.grad for p in self.model.parameters()] if self.full_batch else []
-        return {"state": self.state, "grads": grads}
+        """The carried state of all S streams; in full-batch mode also the epoch's gradient
+        so far, summed over ranks (a checkpoint does not depend on the number of ranks)."""
+        comm, sh = self.comm, self.streams
+        full = self.state.new_zeros(self.n_streams, self.state.shape[1])
+        full[sh.lo : sh.hi] = self.state
+        mine = torch.zeros(self.n_streams, dtype=torch.bool)
+        mine[sh.lo : sh.hi] = True
+        grads = []
+        if self.full_batch:
+            grads = [None if p.grad is None else p.grad.clone() for p in self.model.parameters()]
+            if comm.parallel:
+                grads = [comm.sum_(torch.zeros_like(p) if g is None else g, "checkpoint")
+                         for p, g in zip(self.model.parameters(), grads, strict=True)]  # fmt: skip
+        return {"state": comm.gather_rows(full, mine), "grads": grads}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.state = sd["state"].to(self.state)
+        self.state = sd["state"][self.streams.lo : self.streams.hi].to(self.state)
+        first = self.comm.rank == 0  # the saved gradient is the sum: one rank holds it
         for p, g in zip(self.model.parameters(), sd["grads"], strict=False):
-            p.grad = None if g is None else g.to(p)
+            p.grad = None if g is None else (g.to(p) if first else torch.zeros_like(p))

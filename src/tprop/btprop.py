@@ -11,6 +11,11 @@ columns of one recurrent call of time depth B; the free states of the step are
 Rows are processed in chunks (``chunk_rows``) with gradients accumulated, so a dataset-sized
 step fits in memory; the result does not depend on the chunking.
 
+With several processes (`tprop.parallel`), each rank runs this same step on its contiguous
+share [lo, hi) of the rows (a `Shard`); its z holds its rows' free states plus a ghost copy of
+the next rank's first one, and the exchanges of `Comm` are the only difference. In one
+process the shard is the whole step and every exchange is a no-op.
+
 One step (paper §3, with the placements of the released code as switches):
 
     init Z (chained | zero_start | zero), or reuse the persisted Z; load U
@@ -34,6 +39,11 @@ from tprop.config import Config, ConfigError
 from tprop.methods import theta_update
 from tprop.model import RNNLM
 from tprop.objective import CONSTRAINTS, Weights, lagrangian, nll_sum, residuals
+from tprop.parallel import Comm, Shard
+
+# What `BlockTP.step` reports: sums over its blocks (``x_n`` counts what ``x`` averages over).
+STATS = ("loss_before_h", "loss_after_h", "theta_loss", "nll", "residual", "residual_n",
+         "dual_norm", "dual_norm_n", "tokens")  # fmt: skip
 
 
 class HOptimizer:
@@ -60,7 +70,8 @@ class Pass:
     loss: Tensor  # L_aug (scaled), scalar
     nll: Tensor  # Σ NLL, scalar
     e: Tensor  # (R, S, D) block-end states, detached
-    residual: Tensor  # mean ‖z_{j+1} − e_j‖ over active constraints
+    residual: Tensor  # Σ ‖z_{j+1} − e_j‖ over active constraints
+    n_constraints: int
     grad_z: Tensor | None  # (R+1, S, D) ∂L/∂z, when asked for
 
 
@@ -68,9 +79,15 @@ class BlockTP:
     """`Method` for PM / ADMM / ALM: block state (Z, U, carried state) and the step."""
 
     def __init__(
-        self, model: RNNLM, optimizer: torch.optim.Optimizer, train_ids: Tensor, cfg: Config
+        self,
+        model: RNNLM,
+        optimizer: torch.optim.Optimizer,
+        train_ids: Tensor,
+        cfg: Config,
+        comm: Comm | None = None,
     ):
         self.model, self.opt, self.cfg, self.row = model, optimizer, cfg, cfg.row
+        self.comm = comm or Comm()
         self.weights = Weights(cfg.lam, cfg.kl_weight, cfg.kl_direction)
         streams, rows = layout_shape(cfg.layout, cfg.batch_size, cfg.rows_per_step)
         self.data = batchify(train_ids, streams)  # (T, S)
@@ -91,61 +108,77 @@ class BlockTP:
         self.U = torch.zeros(self.n_rows, streams, d, **like) if cfg.persist_u else None
         self.Z = torch.zeros(self.n_rows + 1, streams, d, **like) if cfg.persist_z else None
         self.z_ready = torch.zeros(self.n_rows, dtype=torch.bool) if cfg.persist_z else None
+        self.mine = torch.zeros(self.n_rows + 1, dtype=torch.bool)  # rows of Z, U this rank owns
+        for a, b in self.steps():
+            sh = self.comm.shard(a, b)
+            self.mine[sh.lo : sh.hi] = True
+            self.mine[b] |= b == self.n_rows and sh.holds_last
 
     # ---- the step ------------------------------------------------------------------------
     def step(self, a: int, b: int, epoch: int) -> dict[str, Tensor]:
-        """Train on block rows [a, b); return device scalars for the metrics."""
-        cfg = self.cfg
-        x, y = block_rows(self.data, a, b - a, cfg.block_size)  # (B, R·S) each
-        z, u = self.load_z(a, b, x), self.load_u(a, b)
+        """Train on block rows [a, b) (this rank's share of them); return device scalars."""
+        cfg, sh = self.cfg, self.comm.shard(a, b)
+        if sh.rows == 0:
+            return self.idle(sh)
+        x, y = block_rows(self.data, sh.lo, sh.rows, cfg.block_size)  # (B, R·S) each
+        z, u = self.load_z(sh, x), self.load_u(sh)
         dual = cfg.dual_placement if self.row.duals and epoch >= cfg.u_start_epoch else None
 
         if dual == "before_h":
-            u = self.dual_step(x, z, u)
-        h_passes = self.h_steps(x, y, z, u)
+            u = self.dual_step(x, z, u, sh)
+        h_passes = self.h_steps(x, y, z, u, sh)
         if dual == "before_theta":
-            u = self.dual_step(x, z, u)
-        theta_passes = [] if self.row.joint else self.theta_steps(x, y, z, u)
+            u = self.dual_step(x, z, u, sh)
+        theta_passes = [] if self.row.joint else self.theta_steps(x, y, z, u, sh)
         if dual == "after_theta":
-            u = self.dual_step(x, z, u)
+            u = self.dual_step(x, z, u, sh)
 
         last = (h_passes + theta_passes)[-1]
-        self.store(a, b, z, u, last.e)
-        return self.stats(h_passes, theta_passes, u)
+        self.store(sh, z, u, last.e)
+        return self.stats(h_passes, theta_passes, u, sh)
 
-    def h_steps(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor) -> list[Pass]:
+    def idle(self, sh: Shard) -> dict[str, Tensor]:
+        """A rank with no rows in this step (more ranks than rows): it takes part in the
+        θ-updates with a zero gradient and reports zeros."""
+        for _ in range(self.cfg.h_steps if self.row.joint else self.cfg.theta_steps):
+            self.opt.zero_grad(set_to_none=True)
+            theta_update(self.model, self.opt, self.cfg.clip, self.comm)
+        return {k: torch.tensor(0.0) for k in STATS}
+
+    def h_steps(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor, sh: Shard) -> list[Pass]:
         """H-steps on z in place, θ fixed; ALM steps θ too, from the same backward."""
         cfg, joint, passes = self.cfg, self.row.joint, []
         h_opt = HOptimizer(cfg.h_optim, cfg.h_lr, cfg.h_eps)
         for _ in range(cfg.h_steps):
             if joint:
                 self.opt.zero_grad(set_to_none=True)
-            p = self.forward_backward(x, y, z, u, grad_z=True, grad_theta=joint)
-            if cfg.z_first == "fixed":
+            p = self.forward_backward(x, y, z, u, sh, grad_z=True, grad_theta=joint)
+            if cfg.z_first == "fixed" and sh.prev is None:
                 p.grad_z[0] = 0
             h_opt.step(z, p.grad_z)
             if joint:
-                theta_update(self.model, self.opt, cfg.clip)
+                theta_update(self.model, self.opt, cfg.clip, self.comm)
             passes.append(p)
         return passes
 
-    def theta_steps(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor) -> list[Pass]:
+    def theta_steps(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor, sh: Shard) -> list[Pass]:
         """θ-steps with Z fixed."""
         passes = []
         for _ in range(self.cfg.theta_steps):
             self.opt.zero_grad(set_to_none=True)
-            passes.append(self.forward_backward(x, y, z, u, grad_z=False, grad_theta=True))
-            theta_update(self.model, self.opt, self.cfg.clip)
+            passes.append(self.forward_backward(x, y, z, u, sh, grad_z=False, grad_theta=True))
+            theta_update(self.model, self.opt, self.cfg.clip, self.comm)
         return passes
 
-    def dual_step(self, x: Tensor, z: Tensor, u: Tensor) -> Tensor:
+    def dual_step(self, x: Tensor, z: Tensor, u: Tensor, sh: Shard) -> Tensor:
         """u ← u + α_u ∂L_aug/∂u at the current Z and θ (gradient ascent, paper §3)."""
-        R = z.shape[0] - 1
-        k = self._active(0, R, R)
+        self.comm.refresh_ghost(z, sh)
+        k = self._active(sh, 0, sh.rows)
         with torch.no_grad():
             e = self.end_states(x, z)
         uv = u.detach().clone().requires_grad_()
-        L = self.l_aug(z.new_zeros(()), z[1 : k + 1], e[:k], uv[:k], n_blocks=R * self.n_streams)
+        n_blocks = sh.total * self.n_streams
+        L = self.l_aug(z.new_zeros(()), z[1 : k + 1], e[:k], uv[:k], n_blocks=n_blocks)
         (g,) = torch.autograd.grad(L, uv)
         return (u + self.cfg.u_lr * g).detach()
 
@@ -162,11 +195,19 @@ class BlockTP:
         )
 
     def forward_backward(
-        self, x: Tensor, y: Tensor, z: Tensor, u: Tensor, *, grad_z: bool, grad_theta: bool
+        self,
+        x: Tensor,
+        y: Tensor,
+        z: Tensor,
+        u: Tensor,
+        sh: Shard,
+        *,
+        grad_z: bool,
+        grad_theta: bool,
     ) -> Pass:
         """L_aug over a step's rows, in chunks, accumulating ∂L/∂z and/or ∂L/∂θ."""
-        n = self.n_streams
-        R = z.shape[0] - 1
+        n, R = self.n_streams, sh.rows
+        self.comm.refresh_ghost(z, sh)
         gz = torch.zeros_like(z) if grad_z else None
         e_all = torch.empty_like(z[1:])
         loss = nll_tot = res_tot = z.new_zeros(())
@@ -176,9 +217,9 @@ class BlockTP:
             cols = slice(a * n, b * n)
             logits, e = self.model(x[:, cols], zc[:-1].reshape((b - a) * n, -1))
             e = e.view(b - a, n, -1)  # (rows, S, D)
-            k = self._active(a, b, R)
+            k = self._active(sh, a, b)
             nll = nll_sum(logits, y[:, cols])
-            L = self.l_aug(nll, zc[1 : k + 1], e[:k], u[a : a + k], n_blocks=R * n)
+            L = self.l_aug(nll, zc[1 : k + 1], e[:k], u[a : a + k], n_blocks=sh.total * n)
             if grad_theta:
                 L.backward()
                 if grad_z:
@@ -191,55 +232,70 @@ class BlockTP:
             r = residuals(zc[1 : k + 1], e[:k]).detach()
             res_tot = res_tot + torch.linalg.vector_norm(r, dim=-1).sum()
             n_active += k * n
-        return Pass(loss, nll_tot, e_all, res_tot / max(n_active, 1), gz)
+        if grad_z:
+            self.comm.return_ghost_grad(gz, sh)
+        return Pass(loss, nll_tot, e_all, res_tot, n_active, gz)
 
     # ---- block state ---------------------------------------------------------------------
-    def load_z(self, a: int, b: int, x: Tensor) -> Tensor:
-        if self.Z is not None and bool(self.z_ready[a:b].all()):
-            return self.Z[a : b + 1].clone()
-        return self.init_z(x)
+    def load_z(self, sh: Shard, x: Tensor) -> Tensor:
+        if self.Z is None or not bool(self.z_ready[sh.lo : sh.hi].all()):
+            return self.init_z(x, sh)
+        z = self.Z[sh.lo : sh.hi + 1].clone()
+        if sh.stop < self.n_rows:  # the last target is the next step's first state: rank 0's
+            self.comm.hand_over(z[-1] if self.comm.rank else self.Z[sh.stop], 0, sh.last_rank)
+        return z
 
-    def load_u(self, a: int, b: int) -> Tensor:
+    def load_u(self, sh: Shard) -> Tensor:
         if self.U is not None:
-            return self.U[a:b].clone()
-        return torch.zeros(
-            b - a,
-            self.n_streams,
-            self.model.state_size,
-            dtype=self.carry.dtype,
-            device=self.carry.device,
-        )
+            return self.U[sh.lo : sh.hi].clone()
+        return self.carry.new_zeros(sh.rows, self.n_streams, self.model.state_size)
 
-    def store(self, a: int, b: int, z: Tensor, u: Tensor, e: Tensor) -> None:
+    def store(self, sh: Shard, z: Tensor, u: Tensor, e: Tensor) -> None:
         if self.U is not None:
-            self.U[a:b] = u
+            self.U[sh.lo : sh.hi] = u
         if self.Z is not None:
-            self.Z[a : b + 1] = z
-            self.z_ready[a:b] = True
-        self.carry = e[b - a - 1].clone()  # end state of the last row, from the last forward
+            self.Z[sh.lo : sh.hi + 1] = z
+            self.z_ready[sh.lo : sh.hi] = True
+        # The next step starts on rank 0 from the end state of this step's last row (and, when
+        # Z persists, reads this step's last target as its first free state).
+        last = torch.stack([e[-1], z[-1]]) if sh.holds_last else torch.empty_like(z[:2])
+        last = last[: 2 if self.Z is not None else 1]
+        self.comm.hand_over(last, sh.last_rank, 0)
+        if sh.holds_last or self.comm.rank == 0:
+            self.carry = last[0].clone()
+            if self.Z is not None:
+                self.Z[sh.stop] = last[1]
 
     @torch.no_grad()
-    def init_z(self, x: Tensor) -> Tensor:
+    def init_z(self, x: Tensor, sh: Shard) -> Tensor:
         """Free states for a step's R rows from the current θ (paper §4.1), (R+1, S, D)."""
-        n, how = self.n_streams, self.cfg.z_init
-        R = x.shape[1] // n
+        n, how, R = self.n_streams, self.cfg.z_init, sh.rows
         z = self.model.zero_state((R + 1) * n).view(R + 1, n, -1)
         if how == "zero":
             return z
-        z[0] = self.carry
-        if how == "chained":  # z_{j+1} = e_j: one forward pass through the rows
+        if sh.prev is None:
+            z[0] = self.carry
+        if how == "chained":  # z_{j+1} = e_j: one forward pass through the rows, rank by rank
+            self.comm.recv_prev(z[0], sh)
             for r in range(R):
                 _, z[r + 1] = self.model.states(x[:, r * n : (r + 1) * n], z[r])
-            # The last target has no loss after it, so its true gradient here is exactly 0;
-            # computed row by row it differs from the step's batched e_{R-1} by rounding, and a
-            # fresh Adagrad H-step would turn that noise into a step of h-lr·sign(noise). Take
-            # it from the same chunked call the step makes, so the residual is exactly 0.
-            a = self._chunks(R)[-1][0]
-            _, e = self.model.states(x[:, a * n : R * n], z[a:R].reshape((R - a) * n, -1))
-            z[R] = e.view(R - a, n, -1)[-1]
-        elif how == "zero_start" and R > 1:
+            if sh.holds_last:
+                # The last target has no loss after it, so its true gradient here is exactly
+                # 0; computed row by row it differs from the step's batched e_{R-1} by
+                # rounding, and a fresh Adagrad H-step would turn that noise into a step of
+                # h-lr·sign(noise). Take it from the same chunked call the step makes, so the
+                # residual is exactly 0.
+                a = self._chunks(R)[-1][0]
+                _, e = self.model.states(x[:, a * n : R * n], z[a:R].reshape((R - a) * n, -1))
+                z[R] = e.view(R - a, n, -1)[-1]
+            self.comm.send_next(z[R], sh)
+        elif how == "zero_start":
             # The released code's -mb_init: every block run from a zero state in parallel; the
-            # end state of block j becomes z_{j+1}; z_R stays 0.
+            # end state of block j becomes z_{j+1}; the step's last target stays 0. A rank
+            # after the first runs the block before its rows too, for its own z[0].
+            if sh.prev is not None:
+                xp, _ = block_rows(self.data, sh.lo - 1, 1, self.cfg.block_size)
+                _, z[0] = self.model.states(xp, self.model.zero_state(n))
             for a, b in self._chunks(R - 1):
                 cols = slice(a * n, b * n)
                 _, e = self.model.states(x[:, cols], self.model.zero_state((b - a) * n))
@@ -269,11 +325,13 @@ class BlockTP:
             self.carry.zero_()
 
     def state_dict(self) -> dict[str, Tensor]:
+        """Z, U of every rank's rows in full tensors (a checkpoint does not depend on W)."""
         out = {"carry": self.carry}
         if self.U is not None:
-            out["U"] = self.U
+            out["U"] = self.comm.gather_rows(self.U, self.mine[:-1])
         if self.Z is not None:
-            out["Z"], out["z_ready"] = self.Z, self.z_ready
+            out["Z"] = self.comm.gather_rows(self.Z, self.mine)
+            out["z_ready"] = self.comm.gather_rows(self.z_ready, self.mine[:-1])
         return out
 
     def load_state_dict(self, sd: dict[str, Tensor]) -> None:
@@ -284,25 +342,32 @@ class BlockTP:
             self.Z.copy_(sd["Z"])
             self.z_ready.copy_(sd["z_ready"])
 
-    def stats(self, h_passes: list[Pass], theta_passes: list[Pass], u: Tensor) -> dict:
-        """Device scalars for the metrics: L_aug before/after the H-steps and at the θ-step."""
+    def stats(
+        self, h_passes: list[Pass], theta_passes: list[Pass], u: Tensor, sh: Shard
+    ) -> dict[str, Tensor]:
+        """`STATS`: L_aug before and after the H-steps and at the θ-step, NLL, residual and
+        dual norms, tokens."""
         passes = h_passes + theta_passes
-        last, R = passes[-1], u.shape[0]
-        k = self._active(0, R, R)
+        last = passes[-1]
+        k = self._active(sh, 0, sh.rows)
         return {
             "loss_before_h": passes[0].loss,
             "loss_after_h": theta_passes[0].loss if theta_passes else last.loss,
             "theta_loss": last.loss,
             "nll": last.nll,
             "residual": last.residual,
-            "dual_norm": torch.linalg.vector_norm(u[:k], dim=-1).mean() if k else u.new_zeros(()),
-            "tokens": torch.tensor(R * self.n_streams * self.cfg.block_size),
+            "residual_n": torch.tensor(float(last.n_constraints)),
+            "dual_norm": torch.linalg.vector_norm(u[:k], dim=-1).sum(),
+            "dual_norm_n": torch.tensor(float(k * self.n_streams)),
+            "tokens": torch.tensor(sh.rows * self.n_streams * self.cfg.block_size),
         }
 
     def _chunks(self, n_rows: int) -> list[tuple[int, int]]:
         c = self.chunk_rows
         return [(a, min(a + c, n_rows)) for a in range(0, n_rows, c)]
 
-    def _active(self, lo: int, hi: int, n_rows: int) -> int:
-        """Constraints among rows [lo, hi) that enter L: all, but z_last='none' drops the last."""
-        return hi - lo - (1 if (self.cfg.z_last == "none" and hi == n_rows) else 0)
+    def _active(self, sh: Shard, lo: int, hi: int) -> int:
+        """Constraints among this rank's rows [lo, hi) that enter L: all, but z_last='none'
+        drops the step's last."""
+        drop = self.cfg.z_last == "none" and hi == sh.rows and sh.holds_last
+        return hi - lo - drop

@@ -196,7 +196,18 @@ PLUGGED: tuple[str, ...] = ("data.commands", "sweep", "report", "plot", "generat
 def _train(ns: argparse.Namespace) -> int:
     from tprop.train import train
 
-    train(config_from_args(ns))
+    cfg = config_from_args(ns)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet a rank: start them
+        from tprop.parallel import launch
+
+        return launch(cfg.nproc, ns.argv)
+    if cfg.nproc not in (1, world):
+        raise ConfigError(
+            f"--nproc {cfg.nproc}, but torchrun started {world} processes; leave --nproc at 1 "
+            "under torchrun"
+        )
+    train(cfg)
     return 0
 
 
@@ -291,6 +302,7 @@ def _demo(ns: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from tprop.checkpoint import CheckpointError
     from tprop.data import DataError
+    from tprop.parallel import Echo
     from tprop.run import Diverged, Interrupted, RunError
 
     importlib.import_module("tprop.alloc").tune()  # malloc thresholds for tensors (tprop.alloc)
@@ -298,12 +310,17 @@ def main(argv: list[str] | None = None) -> int:
         ns = parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a bad flag (already reported in one line)
         return int(e.code or 0)
+    ns.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc` hands its ranks
+    rank = int(os.environ.get("RANK", "0"))  # ranks other than 0 leave the talking to rank 0
     try:
         code = ns.handler(ns)
         sys.stdout.flush()  # here, so a closed pipe is met inside this try
         return code
+    except Echo:
+        return 2
     except Interrupted as e:
-        print(f"tprop: stopped: {e}", file=sys.stderr)
+        if not rank:
+            print(f"tprop: stopped: {e}", file=sys.stderr)
         return e.code
     except Diverged as e:
         print(f"tprop: error: {e}", file=sys.stderr)

@@ -180,6 +180,17 @@ class Config:
         10.0, "also checkpoint every N minutes within an epoch (0 = only at epoch ends)"
     )
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    nproc: int = _f(
+        1,
+        "processes on this machine: N > 1 starts N ranks through torch.distributed's launcher "
+        "(block-parallel TP: each rank a share of a step's block rows; BPTT: of the streams). "
+        "Under torchrun leave it at 1: torchrun sets the ranks",
+    )
+    dist_timeout: float = _f(
+        300.0,
+        "seconds a rank waits for the others in an exchange before it stops the run (a rank "
+        "that dies is noticed at once)",
+    )
     dtype: Literal["float32", "float64"] = _f("float32", "parameter and state dtype")
     deterministic: bool = _f(False, "use deterministic algorithms")
     tf32: bool = _f(False, "allow TF32 matmuls on GPU (off for reproduction)")

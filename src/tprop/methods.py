@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # the table is read by config and the CLI, which need no torc
     import torch
     from torch import Tensor
 
+    from tprop.parallel import Comm
+
 
 @dataclass(frozen=True)
 class MethodRow:
@@ -44,7 +46,9 @@ class Method(Protocol):
         """Reset what an epoch starts from (the carried state)."""
 
     def step(self, *where: int, epoch: int) -> dict[str, Tensor]:
-        """Train on one step; return device scalars: ``nll`` (Σ), ``tokens`` and diagnostics."""
+        """Train on one step (this rank's share of it); return device scalars that add up
+        over steps and ranks: ``nll`` (Σ), ``tokens`` and diagnostics, where ``x_n`` is the
+        count that the sum ``x`` is averaged over."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything beyond θ and its optimiser that an exact resume needs."""
@@ -52,13 +56,15 @@ class Method(Protocol):
     def load_state_dict(self, sd: dict[str, Any]) -> None: ...
 
 
-def theta_update(model: torch.nn.Module, opt: torch.optim.Optimizer, clip: float) -> None:
-    """The one θ-update of every method: clip the global gradient norm, then step.
-
-    This is where the gradient all-reduce of data-parallel training goes.
-    """
+def theta_update(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, clip: float, comm: Comm | None = None
+) -> None:
+    """The one θ-update of every method: sum the gradient over ranks (`tprop.parallel`; a
+    no-op in one process), clip its global norm, then step. Every rank steps alike."""
     import torch
 
+    if comm is not None:
+        comm.sum_grads(list(model.parameters()))
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()

@@ -149,6 +149,8 @@ _BOUNDS: dict[str, tuple[float, bool, float]] = {
     "block_size": (1, True, 1 << 20),
     "batch_size": (1, True, 1 << 24),
     "epochs": (1, True, 1 << 20),
+    "nproc": (1, True, 1 << 12),
+    "dist_timeout": (0, False, math.inf),
     **{
         k: (0, True, math.inf)
         for k in (

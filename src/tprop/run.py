@@ -194,6 +194,11 @@ class StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+    def join(self, any_rank: bool) -> None:
+        """Stop with the other ranks when one of them was signalled (SIGTERM if not this one)."""
+        if any_rank and self.signum is None:
+            self.signum = signal.SIGTERM
+
     def interrupted(self, epoch: int, step: int, out: Path) -> Interrupted:
         name = signal.Signals(self.signum).name
         return Interrupted(

@@ -6,15 +6,23 @@ interface of `tprop.methods`), and runs epochs. After every epoch it evaluates v
 perplexity, keeps the best weights, writes a checkpoint and a metrics line; at the end it
 evaluates the test split with the best weights. The run folder, signals and provenance live in
 `tprop.run`; checkpoint files and RNG state in `tprop.checkpoint`.
+
+With several ranks (torchrun, or ``--nproc``; `tprop.parallel`) every rank runs this same
+loop: each step's metric sums and control flags (a signal, a checkpoint due) are summed over
+ranks, so every rank takes the same decisions; validation perplexity comes from rank 0; only
+rank 0 owns the run folder, writes metrics and checkpoints and scores the test split.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,21 +37,25 @@ from tprop.methods import Method
 from tprop.metrics import MetricsSink, fmt_ppl, progress
 from tprop.model import RNNLM
 from tprop.objective import bits_per_token, perplexity
+from tprop.parallel import Comm, Echo
 from tprop.run import Diverged, RunError, RunFolder, StopSignals, check_resumable, provenance
 
 
 # ---- set-up ------------------------------------------------------------------------------
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA device is available; use --device cpu")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per rank of torchrun
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
     return torch.device(name)
 
 
 def setup_device(cfg: Config) -> torch.device:
     device = pick_device(cfg.device)
     if device.type == "cuda":
+        torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     if cfg.deterministic:
@@ -66,12 +78,16 @@ def make_optimizer(cfg: Config, model: RNNLM) -> torch.optim.Optimizer:
 
 
 def build_method(
-    cfg: Config, model: RNNLM, opt: torch.optim.Optimizer, train_ids: Tensor
+    cfg: Config,
+    model: RNNLM,
+    opt: torch.optim.Optimizer,
+    train_ids: Tensor,
+    comm: Comm | None = None,
 ) -> Method:
     """Arrange the training tokens for the method (its row of METHODS) and return it."""
     if cfg.row.blocked:
-        return BlockTP(model, opt, train_ids, cfg)
-    return TruncatedBPTT.from_config(cfg, model, opt, train_ids)
+        return BlockTP(model, opt, train_ids, cfg, comm)
+    return TruncatedBPTT.from_config(cfg, model, opt, train_ids, comm)
 
 
 def limited(corpus, cfg: Config) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -108,7 +124,7 @@ class Run:
     """What the loop works on: the built objects and where the run stands."""
 
     cfg: Config
-    folder: RunFolder
+    folder: RunFolder | None  # None on ranks other than 0: they write nothing
     model: RNNLM
     opt: torch.optim.Optimizer
     method: Method
@@ -118,28 +134,38 @@ class Run:
     sink: MetricsSink | None = None
     last_save: float = field(default_factory=time.time)
     origin: dict[str, Any] = field(default_factory=dict)  # code and device, read at the start
+    comm: Comm = field(default_factory=Comm)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
 
     def save(self) -> None:
+        method = self.method.state_dict()  # on every rank: it gathers the ranks' block state
         f = self.folder
-        checkpoint.save(
-            {
-                "tprop_version": __version__,
-                "config": self.cfg.to_dict(),
-                "vocab_size": self.vocab,
-                "model": self.model.state_dict(),
-                "best_model": self.best,
-                "optimizer": self.opt.state_dict(),
-                "method": self.method.state_dict(),
-                "rng": checkpoint.rng_state(),
-                "progress": dataclasses.asdict(self.prog),
-                "metrics_bytes": f.metrics.stat().st_size if f.metrics.exists() else 0,
-            },
-            f.checkpoint,
-        )
+        if f is not None:
+            checkpoint.save(
+                {
+                    "tprop_version": __version__,
+                    "config": self.cfg.to_dict(),
+                    "vocab_size": self.vocab,
+                    "model": self.model.state_dict(),
+                    "best_model": self.best,
+                    "optimizer": self.opt.state_dict(),
+                    "method": method,
+                    "rng": checkpoint.rng_state(),
+                    "progress": dataclasses.asdict(self.prog),
+                    "metrics_bytes": f.metrics.stat().st_size if f.metrics.exists() else 0,
+                },
+                f.checkpoint,
+            )
         self.last_save = time.time()
 
     def restore(self, device: torch.device) -> dict[str, Any]:
-        saved = checkpoint.load(self.folder.checkpoint, map_location=device)
+        """Load the checkpoint (rank 0 reads it; the other ranks receive it)."""
+        where = "cpu" if self.comm.parallel else device
+        saved = checkpoint.load(self.folder.checkpoint, map_location=where) if self.folder else None
+        saved = self.comm.from_first(saved, "checkpoint")
         _check_resumable(saved, self.cfg, self.vocab)
         self.model.load_state_dict(saved["model"])
         self.best = saved["best_model"]
@@ -163,39 +189,85 @@ def _check_resumable(saved: dict[str, Any], cfg: Config, vocab: int) -> None:
 def train(cfg: Config) -> dict[str, Any]:
     """Train one run into cfg.out; return its summary (also written to summary.json)."""
     t_start = time.time()
-    folder = RunFolder(cfg)  # checked; nothing is written before every check has passed
     device = setup_device(cfg)
-    run, source, valid_ids, test_ids = build_run(cfg, folder, device)
+    comm = Comm.from_env(device, cfg.dist_timeout)
+    try:
+        cfg = _resume_after_restart(cfg, comm)
+        folder = _checked_folder(cfg, comm)  # nothing is written before every check has passed
+        run, source, valid_ids, test_ids = build_run(cfg, folder, device, comm)
+        writer = folder.open() if folder is not None else contextlib.nullcontext()
+        with writer:  # one writer for the run's life
+            start_run(run, device, source)
+            with StopSignals() as stop:
+                while run.prog.stop_reason is None and run.prog.epoch <= cfg.epochs:
+                    train_epoch(run, stop, device)
+                    if run.prog.stop_reason is not None:
+                        break
+                    end_epoch(run, valid_ids)
+                    if not run.prog.stop_reason or not run.prog.stop_reason.startswith("diverged"):
+                        run.save()
+                    stopping = comm.agree(stop.signum is not None)
+                    if stopping and run.prog.stop_reason is None and run.prog.epoch <= cfg.epochs:
+                        raise stop.interrupted(run.prog.epoch, run.prog.step, run.out)
+            return finish(run, test_ids, device, t_start)
+    finally:
+        comm.close()
 
-    with folder.open():  # one writer for the run's life
-        start_run(run, device, source)
-        with StopSignals() as stop:
-            while run.prog.stop_reason is None and run.prog.epoch <= cfg.epochs:
-                train_epoch(run, stop, device)
-                if run.prog.stop_reason is not None:
-                    break
-                end_epoch(run, valid_ids)
-                if not run.prog.stop_reason or not run.prog.stop_reason.startswith("diverged"):
-                    run.save()
-                if stop.signum and run.prog.stop_reason is None and run.prog.epoch <= cfg.epochs:
-                    raise stop.interrupted(run.prog.epoch, run.prog.step, folder.path)
-        return finish(run, test_ids, device, t_start)
+
+def _checked_folder(cfg: Config, comm: Comm) -> RunFolder | None:
+    """Rank 0 checks the run folder and becomes its owner; the other ranks hear its verdict
+    and stop with it quietly (rank 0 says it)."""
+    folder, problem = None, None
+    if comm.rank == 0:
+        try:
+            folder = RunFolder(cfg)
+        except (ConfigError, RunError) as e:
+            problem = e
+    said = comm.from_first(None if problem is None else str(problem))
+    if problem is not None:
+        raise problem
+    if said is not None:
+        raise Echo(said)
+    return folder
+
+
+def _resume_after_restart(cfg: Config, comm: Comm) -> Config:
+    """When torchrun restarts the ranks of a run (--max-restarts), the run resumes from its
+    checkpoint: recognised by the launch id that config.json records."""
+    launch = os.environ.get("TORCHELASTIC_RUN_ID")
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or cfg.resume or not launch:
+        return cfg
+    ours = has_checkpoint = False
+    if comm.rank == 0:
+        try:
+            ours = json.loads(Path(cfg.out, "config.json").read_text()).get("launch") == launch
+        except (OSError, ValueError, TypeError):
+            ours = False
+        has_checkpoint = Path(cfg.out, "checkpoint.pt").is_file()
+    ours, has_checkpoint = comm.from_first((ours, has_checkpoint))
+    if not ours:
+        return cfg
+    if has_checkpoint:
+        return dataclasses.replace(cfg, resume=True)
+    return dataclasses.replace(cfg, overwrite=True)  # killed before its first checkpoint
 
 
 def build_run(
-    cfg: Config, folder: RunFolder, device: torch.device
+    cfg: Config, folder: RunFolder | None, device: torch.device, comm: Comm | None = None
 ) -> tuple[Run, str, Tensor, Tensor | None]:
     """Data, model, θ optimiser and method, seeded from cfg.seed; nothing is written."""
     from tprop.data import load_corpus
 
+    comm = comm or Comm()
     corpus = load_corpus(cfg.dataset, cfg.data_dir, text8_split=cfg.text8_split)
     train_ids, valid_ids, test_ids = (
         t if t is None else t.to(device) for t in limited(corpus, cfg)
     )
     checkpoint.seed_everything(cfg.seed)
     model = build_model(cfg, len(corpus.vocab), device)
+    comm.same_params(model)  # every rank starts from rank 0's θ
     opt = make_optimizer(cfg, model)
-    method = build_method(cfg, model, opt, train_ids)
+    method = build_method(cfg, model, opt, train_ids, comm)
     run = Run(
         cfg,
         folder,
@@ -205,7 +277,8 @@ def build_run(
         len(corpus.vocab),
         Progress(),
         {k: v.detach().clone() for k, v in model.state_dict().items()},
-        origin=provenance(device),  # the code that starts the run, before HEAD can move
+        origin={**provenance(device), "world_size": comm.world},  # before HEAD can move
+        comm=comm,
     )
     return run, corpus.source, valid_ids, test_ids
 
@@ -214,13 +287,18 @@ def start_run(run: Run, device: torch.device, source: str) -> None:
     """Restore a resumed run, write config.json, open the metrics and say what runs."""
     cfg, folder = run.cfg, run.folder
     saved = run.restore(device) if cfg.resume else None
-    folder.write_config({"vocab_size": run.vocab, "data_source": source})
+    if folder is None:  # a rank other than 0: it logs nothing
+        run.sink = MetricsSink(None, echo=False)
+        return
+    launch = os.environ.get("TORCHELASTIC_RUN_ID")
+    folder.write_config({"vocab_size": run.vocab, "data_source": source, "launch": launch})
     if saved is not None:
         folder.truncate_metrics(saved["metrics_bytes"])
     run.sink = sink = MetricsSink(folder.metrics)
+    ranks = f" × {run.comm.world} processes" if run.comm.parallel else ""
     sink.line(
         f"tprop {cfg.method} on {cfg.dataset} ({run.method.tokens_per_epoch():,} train "
-        f"tokens per epoch, vocab {run.vocab:,}) {cfg.cell} {cfg.hidden} on {device} → "
+        f"tokens per epoch, vocab {run.vocab:,}) {cfg.cell} {cfg.hidden} on {device}{ranks} → "
         f"{folder.path}"
     )
     for note in _notes(cfg):
@@ -232,23 +310,27 @@ def start_run(run: Run, device: torch.device, source: str) -> None:
 
 def train_epoch(run: Run, stop: StopSignals, device: torch.device) -> None:
     """The steps of one epoch from `prog.step` on; checkpoints on time and on a signal."""
-    cfg, prog, method = run.cfg, run.prog, run.method
+    cfg, prog, method, comm = run.cfg, run.prog, run.method, run.comm
     steps = method.steps()
     if prog.step == 0:
         method.start_epoch()
         prog.sums, prog.epoch_tokens, prog.epoch_s = {}, 0, 0.0
+        comm.sent.clear()
     every_s = cfg.checkpoint_every * 60
     t0 = time.time()
-    with progress(method.tokens_per_epoch(), f"epoch {prog.epoch}", cfg.progress) as bar:
+    bar_on = cfg.progress and comm.rank == 0
+    with progress(method.tokens_per_epoch(), f"epoch {prog.epoch}", bar_on) as bar:
         bar.update(prog.epoch_tokens)
         for i in range(prog.step, len(steps)):
             stats = method.step(*steps[i], epoch=prog.epoch)
+            due = every_s > 0 and time.time() - run.last_save >= every_s
+            stats, (due, signalled) = comm.sum_step(stats, due, stop.signum is not None)
+            stop.join(signalled)
             n_tok = int(stats.pop("tokens"))
             for k, v in stats.items():
                 prog.sums[k] = prog.sums.get(k, 0) + v.detach().double()
             prog.step, prog.epoch_tokens = i + 1, prog.epoch_tokens + n_tok
             bar.update(n_tok)
-            due = every_s > 0 and time.time() - run.last_save >= every_s
             if i % 50 == 49 or due or stop.signum:
                 if _diverged(prog, f"epoch {prog.epoch}, step {i + 1}"):
                     return
@@ -260,7 +342,7 @@ def train_epoch(run: Run, stop: StopSignals, device: torch.device) -> None:
                 prog.epoch_s, t0 = prog.epoch_s + now - t0, now
                 run.save()
             if stop.signum and prog.step < len(steps):
-                raise stop.interrupted(prog.epoch, prog.step, run.folder.path)
+                raise stop.interrupted(prog.epoch, prog.step, run.out)
     if device.type == "cuda":
         torch.cuda.synchronize()
     prog.epoch_s += time.time() - t0
@@ -280,9 +362,9 @@ def end_epoch(run: Run, valid_ids: Tensor) -> None:
     prog.train_s += dt
     prog.train_tokens += tokens
     train_nll = prog.sums["nll"].item() / tokens
-    v_nll, v_n = evaluate(
-        model, valid_ids, cfg.eval_batch_size, cfg.eval_bptt, bar="valid" if cfg.progress else None
-    )
+    bar = "valid" if cfg.progress and run.comm.rank == 0 else None
+    v_nll, v_n = evaluate(model, valid_ids, cfg.eval_batch_size, cfg.eval_bptt, bar=bar)
+    v_nll, v_n = run.comm.from_first((v_nll, v_n))  # every rank decides on rank 0's figure
     valid_ppl = perplexity(v_nll, v_n) if math.isfinite(v_nll) else math.inf
     prog.history.append(valid_ppl)
     improved = valid_ppl < prog.best_ppl
@@ -302,8 +384,14 @@ def end_epoch(run: Run, valid_ids: Tensor) -> None:
         "optim/lr": opt.param_groups[0]["lr"],
     }
     for k, v in prog.sums.items():
-        if k != "nll":
-            record[f"tp/{k}"] = v.item() / prog.step
+        if k == "nll" or k.endswith("_n"):
+            continue
+        count = prog.sums.get(f"{k}_n")  # a sum over blocks, averaged per block; else per step
+        record[f"tp/{k}"] = v.item() / (count.item() if count is not None else prog.step)
+        if count is not None and count.item() == 0:
+            record[f"tp/{k}"] = 0.0
+    for kind, n_bytes in sorted(run.comm.sent.items()):
+        record[f"dist/bytes_per_step/{kind}"] = n_bytes / prog.step
     run.sink.log("epoch", **record)
     run.sink.line(
         f"epoch {epoch:3d} | train ppl {fmt_ppl(_safe_exp(train_nll))} | valid ppl "
@@ -338,6 +426,8 @@ def finish(run: Run, test_ids: Tensor | None, device: torch.device, t_start: flo
         "train_s": prog.train_s,
         **run.origin,
     }
+    if run.folder is None:  # ranks other than 0: rank 0 scores the test split and reports
+        return summary
     if prog.stop_reason is not None:
         sink.line(f"stopped: {prog.stop_reason}")
     if test_ids is not None and prog.best_epoch > 0:
@@ -360,7 +450,7 @@ def finish(run: Run, test_ids: Tensor | None, device: torch.device, t_start: flo
     sink.log("summary", **summary)
     run.folder.write_summary(summary)
     if summary["stop_reason"].startswith("diverged"):
-        where = run.folder.path
+        where = run.out
         kept = (
             f"the last good checkpoint and summary.json are in {where}"
             if run.folder.checkpoint.exists()
