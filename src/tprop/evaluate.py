@@ -33,7 +33,7 @@ from tprop.batching import batchify
 from tprop.config import Config, ConfigError, build
 from tprop.metrics import progress
 from tprop.model import RNNLM
-from tprop.objective import bits_per_token, nll_sum, perplexity
+from tprop.objective import bits_per_token, decoder_nll_sum, nll_sum, perplexity
 from tprop.run import RunError
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ def evaluate(
 
     Every row but the last is scored, so the count is (⌊N/batch_size⌋ − 1)·batch_size; the
     window length changes only the speed. ``bar`` names a progress bar (shown on a terminal).
+    The logits of a window are never held whole (`objective.decoder_nll_sum`): twice the speed
+    of decoding the window at once, the same perplexity (docs/performance.md).
     """
     was_training = model.training
     model.eval()
@@ -58,8 +60,9 @@ def evaluate(
     with progress(n_rows * batch_size, bar or "", bar is not None) as pbar:
         for i in range(0, n_rows, bptt):
             k = min(bptt, n_rows - i)
-            logits, state = model(data[i : i + k], state)
-            total += nll_sum(logits, data[i + 1 : i + 1 + k]).double()
+            out, state = model.states(data[i : i + k], state)  # (k, S, d)
+            dec = model.decoder
+            total += decoder_nll_sum(out, dec.weight, dec.bias, data[i + 1 : i + 1 + k]).double()
             pbar.update(k * batch_size)
     model.train(was_training)
     return total.item(), n_rows * batch_size

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -41,6 +42,71 @@ def nll_sum(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
     )
+
+
+LOGITS_BYTES = 16 << 20
+"""Size of the logits `decoder_nll_sum` holds at a time: rows of them that stay in a CPU's
+last-level cache, so the softmax reads what the matmul just wrote (docs/performance.md)."""
+
+
+def decoder_nll_sum(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+    """`nll_sum(F.linear(h, weight, bias), targets)` without the full logits: they exist a few
+    rows at a time (`LOGITS_BYTES`), in the forward and, recomputed, in the backward.
+
+    h (..., d), weight (V, d), bias (V,), targets (...). The chunk sums are added in float64;
+    the result has h's dtype. Differentiable in h, weight and bias; a gradient is computed only
+    for those that require one, so an H-step, which needs no decoder gradient, passes
+    ``weight.detach(), bias.detach()`` and skips the two decoder matmuls of the backward.
+    """
+    h2, y = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad or bias.requires_grad):
+        return _DecoderNLL.apply(h2, weight, bias, y)
+    return _decoder_nll(h2, weight, bias, y)
+
+
+def _rows(weight: Tensor) -> int:
+    return max(1, LOGITS_BYTES // (weight.shape[0] * weight.element_size()))
+
+
+def _decoder_nll(h: Tensor, weight: Tensor, bias: Tensor, y: Tensor) -> Tensor:
+    total = torch.zeros((), dtype=torch.float64, device=h.device)
+    step = _rows(weight)
+    for a in range(0, h.shape[0], step):
+        logits = F.linear(h[a : a + step], weight, bias)  # (rows, V)
+        total += F.cross_entropy(logits, y[a : a + step], reduction="sum").double()
+    return total.to(h.dtype)
+
+
+class _DecoderNLL(torch.autograd.Function):
+    """The backward rebuilds ∂/∂logits = softmax − onehot a chunk at a time (one more matmul,
+    instead of keeping two (n, V) tensors from the forward to the backward)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, y: Tensor) -> Tensor:
+        ctx.save_for_backward(h, weight, bias, y)
+        return _decoder_nll(h, weight, bias, y)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        h, weight, bias, y = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        gh = torch.empty_like(h) if need_h else None
+        gw = torch.zeros_like(weight) if need_w else None
+        gb = torch.zeros_like(bias) if need_b else None
+        step, g = _rows(weight), g.to(h.dtype)
+        for a in range(0, h.shape[0], step):
+            hc, yc = h[a : a + step], y[a : a + step]
+            d = torch.softmax(F.linear(hc, weight, bias), -1)  # (rows, V)
+            d[torch.arange(len(yc), device=d.device), yc] -= 1  # ∂NLL/∂logits
+            d.mul_(g)
+            if need_h:
+                torch.mm(d, weight, out=gh[a : a + step])
+            if need_w:
+                gw.addmm_(d.t(), hc)
+            if need_b:
+                gb += d.sum(0)
+        return gh, gw, gb, None
 
 
 def residuals(z_next: Tensor, e: Tensor) -> Tensor:
