@@ -190,7 +190,7 @@ def _add_demo(sub) -> None:
 
 # Modules that add their own subcommand: each has `add_parser(sub)`, which registers the
 # subparser with `set_defaults(handler=run)`, where `run(ns) -> int` is the exit code.
-PLUGGED: tuple[str, ...] = ("data.commands", "sweep", "report", "plot", "generate")
+PLUGGED: tuple[str, ...] = ("data.commands", "sweep", "report", "plot", "generate", "bench")
 
 
 def _train(ns: argparse.Namespace) -> int:
