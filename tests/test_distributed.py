@@ -40,8 +40,17 @@ def run_case(name: str, comm: Comm) -> dict:
     case = CASES[name]
     tp = {"block_size": B, "h_lr": 0.05, "lam": 1.0, "u_lr": 0.5, "u_start_epoch": 1}
     cfg = resolve(
-        build({"hidden": 8, "dtype": "float64", "device": "cpu", "lr": 0.1, "seed": 1,
-               **(tp if case["method"] != "bptt" else {}), **case})  # fmt: skip
+        build(
+            {
+                "hidden": 8,
+                "dtype": "float64",
+                "device": "cpu",
+                "lr": 0.1,
+                "seed": 1,
+                **(tp if case["method"] != "bptt" else {}),
+                **case,
+            }
+        )  # fmt: skip
     )
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, V, torch.device("cpu"))

@@ -95,9 +95,22 @@ class Comm:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
+        if "OMP_NUM_THREADS" not in os.environ:  # share the cores: ranks that oversubscribe
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))  # them crawl
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         if not dist.is_initialized():
+            from torch.distributed.rendezvous import rendezvous
+
+            timeout = datetime.timedelta(seconds=timeout_s)
+            store, rank, world = next(rendezvous("env://", timeout=timeout))
+            # torchrun keeps its store across restarts; keys of a dead attempt would send the
+            # new ranks to addresses nobody listens on, so each attempt has its own prefix.
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"tprop/attempt-{attempt}", store)
             backend = "nccl" if device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            dist.init_process_group(
+                backend, store=store, rank=rank, world_size=world, timeout=timeout
+            )
         return cls(dist.get_rank(), dist.get_world_size())
 
     @property
@@ -290,9 +303,8 @@ def launch(n: int, argv: list[str]) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
-    args = parse_args(
-        ["--standalone", f"--nproc-per-node={n}", "--max-restarts=0", "-m", "tprop", *argv]
-    )
+    args = parse_args(["--standalone", f"--nproc-per-node={n}", "--max-restarts=0", "-m", "tprop"])
+    args.training_script_args = list(argv)  # not parsed by torchrun: --nproc is tprop's
     try:
         run(args)
     except ChildFailedError as e:
