@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from conftest import write_tiny_ptb
 
 FLAGS = ["--dataset", "ptb", "--hidden", "16", "--batch-size", "6", "--no-progress",
