@@ -187,9 +187,10 @@ class Config:
         "Under torchrun leave it at 1: torchrun sets the ranks",
     )
     dist_timeout: float = _f(
-        300.0,
+        60.0,
         "seconds a rank waits for the others in an exchange before it stops the run (a rank "
-        "that dies is noticed at once)",
+        "that dies is noticed at once; raise it if a sequential phase, such as batch mode's "
+        "chained init on a large corpus, keeps ranks waiting longer)",
     )
     dtype: Literal["float32", "float64"] = _f("float32", "parameter and state dtype")
     deterministic: bool = _f(False, "use deterministic algorithms")

@@ -259,7 +259,8 @@ class Comm:
             raise LostRank(self._lost_message(kind, e)) from None
 
     def _lost_message(self, kind: str, e: Exception) -> str:
-        what = "timed out" if "timeout" in str(e).lower() or "timed out" in str(e) else "failed"
+        timed_out = "timeout" in str(e).lower() or "timed out" in str(e).lower()
+        what = "timed out, see --dist-timeout" if timed_out else "failed"
         gone = self._missing_ranks()
         who = (
             f"lost rank {', '.join(map(str, gone))}"
