@@ -28,18 +28,27 @@ def data(tmp_path_factory):
         ("tp-cost", ["--h-steps", "1", "--method", "alm", "--json"]),
         ("eval", ["--eval-bptt", "7", "--split", "test", "--json"]),
         ("memory", ["--h-steps", "1", "--json"]),
+        ("profile", ["--h-steps", "1", "--no-malloc-both", "--json"]),
     ],
 )
 def test_bench_smoke(data, capsys, what, extra):
     assert main(["bench", what, *SMALL, "--data-dir", str(data), *extra]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert rows and all(r["bench"] == what and r["a_tokens_per_s"] > 0 for r in rows)
+    assert rows and all(r["bench"] == what for r in rows)
     if what == "tp-cost":
         assert [(r["method"], r["h_steps"], r["target"]) for r in rows] == [("alm", 1, 1.75)]
     if what in ("plain", "tp-cost", "eval"):
-        assert all(r["b_tokens_per_s"] > 0 and r["ratio"] > 0 for r in rows)
+        assert all(r["a_tokens_per_s"] > 0 and r["b_tokens_per_s"] > 0 for r in rows)
+        assert all(r["ratio"] > 0 for r in rows)
     if what == "eval":  # the same weights, scored both ways: the same perplexity
         assert rows[0]["ppl_rel_diff"] < 1e-6 and rows[0]["tokens"] > 0
+    if what == "profile":  # every bin of the time of each method
+        assert [(r["method"], r["tuned"]) for r in rows] == [
+            ("bptt", "tprop's"), ("admm k=1", "tprop's")
+        ]  # fmt: skip
+        shares = ("decoder", "recurrence", "optimizer", "python")
+        assert all(r[f"{b}_share"] >= 0 for r in rows for b in shares)
+        assert all(0.5 < sum(r[f"{b}_share"] for b in shares) < 1.5 for r in rows)
     if what == "memory":
         assert [r["a"] for r in rows][-1] == "admm k=1 --full-batch"
         assert all(r["a_peak_mb"] >= r["a_setup_mb"] > 0 for r in rows)

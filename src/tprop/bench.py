@@ -4,6 +4,7 @@
     tprop bench tp-cost --h-steps 1 2 5     ADMM (k H-steps, one θ-step) against BPTT, K = B
     tprop bench eval                        tprop's evaluate against pytorch/examples' way
     tprop bench memory                      peak RSS (CPU) / max allocated (CUDA) per method
+    tprop bench profile                     where a BPTT and an ADMM step spend their time
 
 Every side runs in a process of its own (`tprop.bench_sides`), so a side gets the allocator
 settings of the program it stands for (tprop tuned, a plain script not) and peaks do not mix.
@@ -27,7 +28,7 @@ from typing import Any
 from tprop.config import ConfigError
 
 NAME = "bench"
-WHAT = ("plain", "tp-cost", "eval", "memory")
+WHAT = ("plain", "tp-cost", "eval", "memory", "profile")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--plain-tuned",
         action="store_true",
         help="give the plain sides tprop's allocator settings too (isolates the code's share)",
+    )
+    p.add_argument(
+        "--malloc-both",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="profile: each method with and without tprop's malloc settings [default: on]",
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] [default: cpu]")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -282,12 +289,31 @@ def bench_memory(ns: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_profile(ns: argparse.Namespace) -> list[dict[str, Any]]:
+    """Where the time of `steps` steps goes (`tprop.bench_profile`), after one untimed round:
+    BPTT and ADMM with k = the first --h-steps, each with and without tprop's allocator
+    settings."""
+    from tprop.bench_profile import row
+
+    rows, k = [], ns.h_steps[0]
+    once = argparse.Namespace(**{**vars(ns), "warmup": 1, "rounds": 1})
+    for h in ns.hidden:
+        admm = _train_config(ns, h, "admm", h_steps=k, u_start_epoch=1)
+        for name, cfg in [("bptt", _train_config(ns, h, "bptt")), (f"admm k={k}", admm)]:
+            for tuned in (True, False) if ns.malloc_both else (True,):
+                spec = _side(ns, name, "tprop-profile", tuned, config=cfg)
+                r = alternate([spec], once, f"hidden {h}, {name}, tuned {tuned}")
+                glibc = "tprop's" if tuned else "glibc default"
+                rows.append({"hidden": h, "tuned": glibc, **row(name, r["a_extra"], ns.steps)})
+    return rows
+
+
 def _one_round(ns: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(ns), "warmup": 0, "rounds": 1})
 
 
 BENCHES = {"plain": bench_plain, "tp-cost": bench_tp_cost, "eval": bench_eval}
-BENCHES["memory"] = bench_memory
+BENCHES |= {"memory": bench_memory, "profile": bench_profile}
 
 
 # ---- output ------------------------------------------------------------------------------
@@ -318,6 +344,9 @@ def table(what: str, rows: list[dict[str, Any]]) -> list[str]:
         + [("b_ppl", "{:.6f}"), ("ppl_rel_diff", "{:.1e}")],
         "memory": [("hidden", "{}"), ("a", "{}"), ("steps", "{}"), ("a_tokens_per_s", "{:,.0f}")]
         + [("a_setup_mb", "{:,.0f}"), ("a_peak_mb", "{:,.0f}")],
+        "profile": [("hidden", "{}"), ("method", "{}"), ("tuned", "{}"), ("ms_per_step", "{:.1f}")]
+        + [(f"{b}_share", "{:.0%}") for b in ("decoder", "recurrence", "optimizer", "python")]
+        + [("kernel_share", "{:.0%}"), ("faults_per_step", "{:,.0f}")],
     }[what]
     a, b = rows[0].get("a", ""), rows[0].get("b", "")
     names = {"a_tokens_per_s": f"{a} tok/s", "b_tokens_per_s": f"{b} tok/s"}
@@ -326,6 +355,9 @@ def table(what: str, rows: list[dict[str, Any]]) -> list[str]:
     names |= {"b_ppl": "plain ppl", "ppl_rel_diff": "ppl rel. diff", "h_steps": "H-steps k"}
     if what == "memory":
         names["a_tokens_per_s"] = "tok/s"
+    names |= {"tuned": "malloc settings", "ms_per_step": "ms/step", "python_share": "Python"}
+    names |= {f"{b}_share": b for b in ("decoder", "recurrence", "optimizer")}
+    names |= {"kernel_share": "kernel (sys) time", "faults_per_step": "page faults/step"}
     lines = ["| " + " | ".join(names.get(c, c) for c, _ in cols) + " |"]
     lines.append("|" + "---|" * len(cols))
     for r in rows:
@@ -345,11 +377,10 @@ def run(ns: argparse.Namespace) -> int:
         for r in rows:
             print(json.dumps({"bench": ns.what, **r, **info}))
         return 0
-    how = (
-        "each side alone in its process, one round"
-        if ns.what == "memory"
-        else f"medians of {ns.rounds} alternating rounds after {ns.warmup} warm-up"
-    )
+    how = {
+        "memory": "each side alone in its process, one round",
+        "profile": f"{ns.steps} steps profiled after {ns.steps} untimed, one process each",
+    }.get(ns.what, f"medians of {ns.rounds} alternating rounds after {ns.warmup} warm-up")
     print(
         f"tprop bench {ns.what}: {ns.dataset}, torch {info['torch']}, {info['cpu']}, "
         f"{ns.threads or info['threads']} threads, device {ns.device}; {how}\n"

@@ -62,7 +62,16 @@ def tprop_train(side: dict[str, Any]) -> Run:
             at[0] += 1
         return tokens, {}
 
+    run.vocab = model.decoder.weight.shape[0]  # type: ignore[attr-defined]
     return run
+
+
+def tprop_profile(side: dict[str, Any]) -> Run:
+    """`tprop_train` under torch.profiler (`tprop.bench_profile`)."""
+    from tprop.bench_profile import profiled
+
+    run = tprop_train(side)
+    return profiled(run, run.vocab)  # type: ignore[attr-defined]
 
 
 class PlainLM(nn.Module):
@@ -165,6 +174,7 @@ SIDES: dict[str, Callable[[dict[str, Any]], Run]] = {
     "plain": plain_train,
     "tprop-eval": tprop_eval,
     "plain-eval": plain_eval,
+    "tprop-profile": tprop_profile,
 }
 
 
