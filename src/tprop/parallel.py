@@ -32,18 +32,22 @@ and tests/test_distributed.py checks it against P and S·D.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from tprop.run import RunError
+from tprop.config import Config, ConfigError
+from tprop.run import RunError, RunFolder
 
 
 class LostRank(RunError):
@@ -289,6 +293,45 @@ class Comm:
             return gone
         except Exception:  # the store itself is gone: rank 0 hosted it
             return None
+
+
+# ---- the run folder among ranks -------------------------------------------------------------
+def owned_folder(cfg: Config, comm: Comm) -> RunFolder | None:
+    """Rank 0 checks the run folder and becomes its owner; the other ranks hear its verdict
+    and stop with it quietly (rank 0 says it)."""
+    folder, problem = None, None
+    if comm.rank == 0:
+        try:
+            folder = RunFolder(cfg)
+        except (ConfigError, RunError) as e:
+            problem = e
+    said = comm.from_first(None if problem is None else str(problem))
+    if problem is not None:
+        raise problem
+    if said is not None:
+        raise Echo(said)
+    return folder
+
+
+def resume_after_restart(cfg: Config, comm: Comm) -> Config:
+    """When torchrun restarts the ranks of a run (--max-restarts), the run resumes from its
+    checkpoint: recognised by the launch id that config.json records."""
+    launch = os.environ.get("TORCHELASTIC_RUN_ID")
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or cfg.resume or not launch:
+        return cfg
+    ours = has_checkpoint = False
+    if comm.rank == 0:
+        try:
+            ours = json.loads(Path(cfg.out, "config.json").read_text()).get("launch") == launch
+        except (OSError, ValueError, TypeError):
+            ours = False
+        has_checkpoint = Path(cfg.out, "checkpoint.pt").is_file()
+    ours, has_checkpoint = comm.from_first((ours, has_checkpoint))
+    if not ours:
+        return cfg
+    if has_checkpoint:
+        return dataclasses.replace(cfg, resume=True)
+    return dataclasses.replace(cfg, overwrite=True)  # killed before its first checkpoint
 
 
 # ---- launch ------------------------------------------------------------------------------

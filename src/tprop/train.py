@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
@@ -37,7 +36,7 @@ from tprop.methods import Method
 from tprop.metrics import MetricsSink, fmt_ppl, progress
 from tprop.model import RNNLM
 from tprop.objective import bits_per_token, perplexity
-from tprop.parallel import Comm, Echo
+from tprop.parallel import Comm, owned_folder, resume_after_restart
 from tprop.run import Diverged, RunError, RunFolder, StopSignals, check_resumable, provenance
 
 
@@ -192,8 +191,8 @@ def train(cfg: Config) -> dict[str, Any]:
     device = setup_device(cfg)
     comm = Comm.from_env(device, cfg.dist_timeout)
     try:
-        cfg = _resume_after_restart(cfg, comm)
-        folder = _checked_folder(cfg, comm)  # nothing is written before every check has passed
+        cfg = resume_after_restart(cfg, comm)
+        folder = owned_folder(cfg, comm)  # nothing is written before every check has passed
         run, source, valid_ids, test_ids = build_run(cfg, folder, device, comm)
         writer = folder.open() if folder is not None else contextlib.nullcontext()
         with writer:  # one writer for the run's life
@@ -212,44 +211,6 @@ def train(cfg: Config) -> dict[str, Any]:
             return finish(run, test_ids, device, t_start)
     finally:
         comm.close()
-
-
-def _checked_folder(cfg: Config, comm: Comm) -> RunFolder | None:
-    """Rank 0 checks the run folder and becomes its owner; the other ranks hear its verdict
-    and stop with it quietly (rank 0 says it)."""
-    folder, problem = None, None
-    if comm.rank == 0:
-        try:
-            folder = RunFolder(cfg)
-        except (ConfigError, RunError) as e:
-            problem = e
-    said = comm.from_first(None if problem is None else str(problem))
-    if problem is not None:
-        raise problem
-    if said is not None:
-        raise Echo(said)
-    return folder
-
-
-def _resume_after_restart(cfg: Config, comm: Comm) -> Config:
-    """When torchrun restarts the ranks of a run (--max-restarts), the run resumes from its
-    checkpoint: recognised by the launch id that config.json records."""
-    launch = os.environ.get("TORCHELASTIC_RUN_ID")
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or cfg.resume or not launch:
-        return cfg
-    ours = has_checkpoint = False
-    if comm.rank == 0:
-        try:
-            ours = json.loads(Path(cfg.out, "config.json").read_text()).get("launch") == launch
-        except (OSError, ValueError, TypeError):
-            ours = False
-        has_checkpoint = Path(cfg.out, "checkpoint.pt").is_file()
-    ours, has_checkpoint = comm.from_first((ours, has_checkpoint))
-    if not ours:
-        return cfg
-    if has_checkpoint:
-        return dataclasses.replace(cfg, resume=True)
-    return dataclasses.replace(cfg, overwrite=True)  # killed before its first checkpoint
 
 
 def build_run(
