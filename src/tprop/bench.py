@@ -349,6 +349,7 @@ def table(what: str, rows: list[dict[str, Any]]) -> list[str]:
         + [("kernel_share", "{:.0%}"), ("faults_per_step", "{:,.0f}")],
     }[what]
     a, b = rows[0].get("a", ""), rows[0].get("b", "")
+    b = "TP" if what == "tp-cost" else b
     names = {"a_tokens_per_s": f"{a} tok/s", "b_tokens_per_s": f"{b} tok/s"}
     names |= {"ratio": {"tp-cost": "time/token ratio", "eval": "speed-up"}.get(what, "ratio")}
     names |= {"a": "side", "a_setup_mb": "MB after set-up", "a_peak_mb": mb, "a_ppl": "tprop ppl"}
@@ -379,7 +380,7 @@ def run(ns: argparse.Namespace) -> int:
         return 0
     how = {
         "memory": "each side alone in its process, one round",
-        "profile": f"{ns.steps} steps profiled after {ns.steps} untimed, one process each",
+        "profile": f"{ns.steps} steps timed, then profiled, after a warm-up; a process each",
     }.get(ns.what, f"medians of {ns.rounds} alternating rounds after {ns.warmup} warm-up")
     print(
         f"tprop bench {ns.what}: {ns.dataset}, torch {info['torch']}, {info['cpu']}, "
