@@ -36,6 +36,7 @@ import dataclasses
 import datetime
 import json
 import os
+import pickle
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -226,6 +227,8 @@ class Comm:
         if not self.parallel:
             return obj
         box = [obj]
+        if self.rank == 0:  # what broadcast_object_list sends: the pickle and its length
+            self.sent[kind] += len(pickle.dumps(obj)) + 8
         self._guard(lambda: dist.broadcast_object_list(box, src=0), kind)
         return box[0]
 
