@@ -345,6 +345,7 @@ def launch(n: int, argv: list[str]) -> int:
     import logging
     import signal
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -354,6 +355,8 @@ def launch(n: int, argv: list[str]) -> int:
     args.training_script_args = list(argv)  # not parsed by torchrun: --nproc is tprop's
     try:
         run(args)
+    except SignalException as e:  # Ctrl-C or SIGTERM: the ranks checkpoint and say so
+        return 128 + int(e.sigval)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         if failure.exitcode > 0:  # the rank said why itself (a bad setting, a stop)
