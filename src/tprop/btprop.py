@@ -38,7 +38,14 @@ from tprop.batching import batchify, block_rows, layout_shape, n_block_rows
 from tprop.config import Config, ConfigError
 from tprop.methods import theta_update
 from tprop.model import RNNLM
-from tprop.objective import CONSTRAINTS, Weights, lagrangian, nll_sum, residuals
+from tprop.objective import (
+    CONSTRAINTS,
+    Weights,
+    decoder_nll_sum,
+    lagrangian,
+    nll_sum,
+    residuals,
+)
 from tprop.parallel import Comm, Shard
 
 # What `BlockTP.step` reports: sums over its blocks (``x_n`` counts what ``x`` averages over).
@@ -215,10 +222,10 @@ class BlockTP:
         for a, b in self._chunks(R):
             zc = z[a : b + 1].detach().requires_grad_(grad_z)
             cols = slice(a * n, b * n)
-            logits, e = self.model(x[:, cols], zc[:-1].reshape((b - a) * n, -1))
+            nll, e = self.chunk_nll(x[:, cols], zc[:-1].reshape((b - a) * n, -1), y[:, cols],
+                                    grad_theta)  # fmt: skip
             e = e.view(b - a, n, -1)  # (rows, S, D)
             k = self._active(sh, a, b)
-            nll = nll_sum(logits, y[:, cols])
             L = self.l_aug(nll, zc[1 : k + 1], e[:k], u[a : a + k], n_blocks=sh.total * n)
             if grad_theta:
                 L.backward()
@@ -235,6 +242,21 @@ class BlockTP:
         if grad_z:
             self.comm.return_ghost_grad(gz, sh)
         return Pass(loss, nll_tot, e_all, res_tot, n_active, gz)
+
+    def chunk_nll(
+        self, x: Tensor, z0: Tensor, y: Tensor, grad_theta: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Σ NLL of a chunk's blocks and their end states. In batch mode a chunk's logits
+        (chunk_tokens × V) are the largest tensors of the run: there they are decoded a few
+        rows at a time (`decoder_nll_sum`; the H-steps need no decoder gradient)."""
+        if not self.cfg.full_batch:
+            logits, e = self.model(x, z0)
+            return nll_sum(logits, y), e
+        out, e = self.model.states(x, z0)
+        w, bias = self.model.decoder.weight, self.model.decoder.bias
+        if not grad_theta:
+            w, bias = w.detach(), bias.detach()
+        return decoder_nll_sum(out, w, bias, y), e
 
     # ---- block state ---------------------------------------------------------------------
     def load_z(self, sh: Shard, x: Tensor) -> Tensor:
