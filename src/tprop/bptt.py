@@ -105,16 +105,15 @@ class TruncatedBPTT:
         so far, summed over ranks (a checkpoint does not depend on the number of ranks)."""
         comm, sh = self.comm, self.streams
         full = self.state.new_zeros(self.n_streams, self.state.shape[1])
-        full[sh.lo : sh.hi] = self.state
-        mine = torch.zeros(self.n_streams, dtype=torch.bool)
-        mine[sh.lo : sh.hi] = True
+        full[sh.lo : sh.hi] = self.state  # zeros elsewhere: the sum over ranks is every stream
         grads = []
         if self.full_batch:
-            grads = [None if p.grad is None else p.grad.clone() for p in self.model.parameters()]
-            if comm.parallel:
-                grads = [comm.sum_(torch.zeros_like(p) if g is None else g, "checkpoint")
-                         for p, g in zip(self.model.parameters(), grads, strict=True)]  # fmt: skip
-        return {"state": comm.gather_rows(full, mine), "grads": grads}
+            for p in self.model.parameters():
+                g = p.grad.clone() if p.grad is not None else None
+                if comm.parallel:
+                    g = comm.sum_(g if g is not None else torch.zeros_like(p), "checkpoint")
+                grads.append(g)
+        return {"state": comm.sum_(full, "checkpoint"), "grads": grads}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.state = sd["state"][self.streams.lo : self.streams.hi].to(self.state)
