@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tprop.accel import Forward
 from tprop.batching import batchify, n_windows, window
 from tprop.config import Config, ConfigError
 from tprop.methods import theta_update
 from tprop.model import RNNLM
-from tprop.objective import nll_sum
 from tprop.parallel import Comm
 
 
@@ -32,8 +32,10 @@ class TruncatedBPTT:
         full_batch: bool,
         carry_across_epochs: bool = False,
         comm: Comm | None = None,
+        forward: Forward | None = None,
     ):
         self.comm = comm or Comm()
+        self.forward = forward or Forward(model)
         self.streams = self.comm.shard(0, data.shape[1])  # this rank's streams [lo, hi)
         self.model, self.opt = model, optimizer
         self.data = data[:, self.streams.lo : self.streams.hi]  # (T, S_rank)
@@ -73,6 +75,7 @@ class TruncatedBPTT:
             cfg.full_batch,
             cfg.carry_across_epochs,
             comm,
+            Forward.from_config(model, cfg),
         )
 
     def steps(self) -> list[tuple[int, ...]]:
@@ -91,8 +94,7 @@ class TruncatedBPTT:
         x, y = window(self.data, i, self.k)  # (K, S) inputs and targets
         if not self.full_batch:
             self.opt.zero_grad(set_to_none=True)
-        logits, last = self.model(x, self.state)
-        nll = nll_sum(logits, y)
+        nll, last = self.forward(x, self.state, y)
         loss = nll / (self.k * self.n_streams)  # mean cross-entropy over the window
         (loss / self.n if self.full_batch else loss).backward()
         if not self.full_batch or i == self.n - 1:  # full batch: one update from the mean

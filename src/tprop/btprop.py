@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tprop.accel import Forward, chunk_tokens
 from tprop.batching import batchify, block_rows, layout_shape, n_block_rows
 from tprop.config import Config, ConfigError
 from tprop.methods import theta_update
@@ -41,9 +42,7 @@ from tprop.model import RNNLM
 from tprop.objective import (
     CONSTRAINTS,
     Weights,
-    decoder_nll_sum,
     lagrangian,
-    nll_sum,
     residuals,
 )
 from tprop.parallel import Comm, Shard
@@ -107,8 +106,10 @@ class BlockTP:
                 "streams)"
             )
         self.rows_per_step = self.n_rows if cfg.full_batch else rows
-        self.chunk_rows = max(1, cfg.chunk_tokens // (cfg.block_size * streams))
         like = dict(dtype=model.decoder.weight.dtype, device=model.decoder.weight.device)
+        tokens = chunk_tokens(cfg, model, like["device"])
+        self.chunk_rows = max(1, tokens // (cfg.block_size * streams))
+        self.forward = Forward.from_config(model, cfg)
         d = model.state_size
         self.carry = torch.zeros(streams, d, **like)
         # Dataset-sized U and Z exist only when they persist across steps.
@@ -249,14 +250,8 @@ class BlockTP:
         """Σ NLL of a chunk's blocks and their end states. In batch mode a chunk's logits
         (chunk_tokens × V) are the largest tensors of the run: there they are decoded a few
         rows at a time (`decoder_nll_sum`; the H-steps need no decoder gradient)."""
-        if not self.cfg.full_batch:
-            logits, e = self.model(x, z0)
-            return nll_sum(logits, y), e
-        out, e = self.model.states(x, z0)
-        w, bias = self.model.decoder.weight, self.model.decoder.bias
-        if not grad_theta:
-            w, bias = w.detach(), bias.detach()
-        return decoder_nll_sum(out, w, bias, y), e
+        batch = self.cfg.full_batch
+        return self.forward(x, z0, y, decoder_grad=grad_theta or not batch, chunked=batch)
 
     # ---- block state ---------------------------------------------------------------------
     def load_z(self, sh: Shard, x: Tensor) -> Tensor:
@@ -300,7 +295,7 @@ class BlockTP:
         if how == "chained":  # z_{j+1} = e_j: one forward pass through the rows, rank by rank
             self.comm.recv_prev(z[0], sh)
             for r in range(R):
-                _, z[r + 1] = self.model.states(x[:, r * n : (r + 1) * n], z[r])
+                _, z[r + 1] = self.forward.states(x[:, r * n : (r + 1) * n], z[r])
             if sh.holds_last:
                 # The last target has no loss after it, so its true gradient here is exactly
                 # 0; computed row by row it differs from the step's batched e_{R-1} by
@@ -308,7 +303,7 @@ class BlockTP:
                 # h-lr·sign(noise). Take it from the same chunked call the step makes, so the
                 # residual is exactly 0.
                 a = self._chunks(R)[-1][0]
-                _, e = self.model.states(x[:, a * n : R * n], z[a:R].reshape((R - a) * n, -1))
+                _, e = self.forward.states(x[:, a * n : R * n], z[a:R].reshape((R - a) * n, -1))
                 z[R] = e.view(R - a, n, -1)[-1]
             self.comm.send_next(z[R], sh)
         elif how == "zero_start":
@@ -317,10 +312,10 @@ class BlockTP:
             # after the first runs the block before its rows too, for its own z[0].
             if sh.prev is not None:
                 xp, _ = block_rows(self.data, sh.lo - 1, 1, self.cfg.block_size)
-                _, z[0] = self.model.states(xp, self.model.zero_state(n))
+                _, z[0] = self.forward.states(xp, self.model.zero_state(n))
             for a, b in self._chunks(R - 1):
                 cols = slice(a * n, b * n)
-                _, e = self.model.states(x[:, cols], self.model.zero_state((b - a) * n))
+                _, e = self.forward.states(x[:, cols], self.model.zero_state((b - a) * n))
                 z[a + 1 : b + 1] = e.view(b - a, n, -1)
         return z
 
@@ -329,7 +324,7 @@ class BlockTP:
         n = self.n_streams
         e = torch.empty_like(z[1:])
         for a, b in self._chunks(z.shape[0] - 1):
-            _, ec = self.model.states(x[:, a * n : b * n], z[a:b].reshape((b - a) * n, -1))
+            _, ec = self.forward.states(x[:, a * n : b * n], z[a:b].reshape((b - a) * n, -1))
             e[a:b] = ec.view(b - a, n, -1)
         return e
 

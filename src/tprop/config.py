@@ -167,7 +167,11 @@ class Config:
     loss_scale: Literal["sum", "mean"] | None = _f(
         None, "sum: Eq. 7 sums | mean: NLL/(B·S) + λ/(2S)·penalty", tp=True, shown=_PRESET
     )
-    chunk_tokens: int = _f(16384, "tokens per forward chunk (bounds memory in batch mode)")
+    chunk_tokens: int = _f(
+        0,
+        "tokens per forward chunk (bounds memory in batch mode); 0 = 16384 on a CPU, half "
+        "the free memory on a GPU",
+    )
     # --- run --------------------------------------------------------------------------------
     out: str | None = _f(None, "run folder to write (required)", shown="")
     overwrite: bool = _f(False, "replace an existing run folder")
@@ -195,6 +199,19 @@ class Config:
     dtype: Literal["float32", "float64"] = _f("float32", "parameter and state dtype")
     deterministic: bool = _f(False, "use deterministic algorithms")
     tf32: bool = _f(False, "allow TF32 matmuls on GPU (off for reproduction)")
+    precision: Literal["fp32", "bf16"] = _f(
+        "fp32",
+        "bf16: the model's matmuls in bfloat16 autocast while training (θ, states, sums and "
+        "evaluation stay in --dtype)",
+    )
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = _f(
+        "off",
+        "torch.compile the decoder and its cross-entropy (reduce-overhead adds CUDA graphs "
+        "on a GPU); the first steps wait for the compiler",
+    )
+    optim_impl: Literal["auto", "for-loop", "foreach", "fused"] = _f(
+        "auto", "the θ-optimiser's implementation in torch (auto: torch's choice)"
+    )
     progress: bool = _f(True, "show a progress bar")
 
     @property

@@ -14,6 +14,7 @@ over the S blocks of the update.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,12 @@ def nll_sum(logits: Tensor, targets: Tensor) -> Tensor:
     )
 
 
+def decode_nll(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+    """`nll_sum` of the decoder's logits of states h (..., d): what a training step minimises
+    (`tprop.accel.Forward` compiles it with ``--compile``)."""
+    return nll_sum(F.linear(h, weight, bias).to(weight.dtype), targets)  # float32 under bf16
+
+
 LOGITS_BYTES = 16 << 20
 """Size of the logits `decoder_nll_sum` holds at a time: rows of them that stay in a CPU's
 last-level cache, so the softmax reads what the matmul just wrote (docs/performance.md)."""
@@ -72,7 +79,7 @@ def _decoder_nll(h: Tensor, weight: Tensor, bias: Tensor, y: Tensor) -> Tensor:
     total = torch.zeros((), dtype=torch.float64, device=h.device)
     step = _rows(weight)
     for a in range(0, h.shape[0], step):
-        logits = F.linear(h[a : a + step], weight, bias)  # (rows, V)
+        logits = F.linear(h[a : a + step], weight, bias).to(h.dtype)  # (rows, V)
         total += F.cross_entropy(logits, y[a : a + step], reduction="sum").double()
     return total.to(h.dtype)
 
@@ -84,6 +91,8 @@ class _DecoderNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, y: Tensor) -> Tensor:
         ctx.save_for_backward(h, weight, bias, y)
+        kind = h.device.type  # the backward recomputes the logits under the same autocast
+        ctx.cast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
         return _decoder_nll(h, weight, bias, y)
 
     @staticmethod
@@ -95,18 +104,28 @@ class _DecoderNLL(torch.autograd.Function):
         gw = torch.zeros_like(weight) if need_w else None
         gb = torch.zeros_like(bias) if need_b else None
         step, g = _rows(weight), g.to(h.dtype)
-        for a in range(0, h.shape[0], step):
-            hc, yc = h[a : a + step], y[a : a + step]
-            d = torch.softmax(F.linear(hc, weight, bias), -1)  # (rows, V)
-            d[torch.arange(len(yc), device=d.device), yc] -= 1  # ∂NLL/∂logits
-            d.mul_(g)
-            if need_h:
-                torch.mm(d, weight, out=gh[a : a + step])
-            if need_w:
-                gw.addmm_(d.t(), hc)
-            if need_b:
-                gb += d.sum(0)
+        cast = contextlib.nullcontext()
+        if ctx.cast is not None:
+            cast = torch.autocast(h.device.type, dtype=ctx.cast)
+        with cast:
+            _backward_chunks(h, weight, bias, y, g, step, gh, gw, gb)
         return gh, gw, gb, None
+
+
+def _backward_chunks(h, weight, bias, y, g, step, gh, gw, gb) -> None:  # noqa: ANN001
+    """∂/∂h, ∂/∂W, ∂/∂b (those not None) of g·Σ NLL, a chunk of ``step`` rows at a time; the
+    recomputed logits follow the autocast in force, the gradients are in h's dtype."""
+    for a in range(0, h.shape[0], step):
+        hc, yc = h[a : a + step], y[a : a + step]
+        d = torch.softmax(F.linear(hc, weight, bias).to(h.dtype), -1)  # (rows, V)
+        d[torch.arange(len(yc), device=d.device), yc] -= 1  # ∂NLL/∂logits
+        d.mul_(g)
+        if gh is not None:
+            torch.mm(d, weight, out=gh[a : a + step])
+        if gw is not None:
+            gw.addmm_(d.t(), hc)
+        if gb is not None:
+            gb += d.sum(0)
 
 
 def residuals(z_next: Tensor, e: Tensor) -> Tensor:

@@ -139,10 +139,7 @@ def _refuse_idle_duals(cfg: Config) -> None:
 # Numeric settings and the range each must lie in: (low, low allowed?, high), where high
 # bounds the absurd (a typo of a few digits) rather than the possible.
 _BOUNDS: dict[str, tuple[float, bool, float]] = {
-    **{
-        k: (1, True, math.inf)
-        for k in ("eval_batch_size", "eval_bptt", "chunk_tokens", "theta_steps")
-    },
+    **{k: (1, True, math.inf) for k in ("eval_batch_size", "eval_bptt", "theta_steps")},
     "hidden": (1, True, 1 << 16),
     "layers": (1, True, 64),
     "bptt": (1, True, 1 << 20),
@@ -155,6 +152,7 @@ _BOUNDS: dict[str, tuple[float, bool, float]] = {
         k: (0, True, math.inf)
         for k in (
             "emb",
+            "chunk_tokens",
             "train_limit",
             "eval_limit",
             "patience",
@@ -200,3 +198,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("--overwrite and --resume contradict each other; choose one")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"--device {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+    if cfg.precision == "bf16" and cfg.dtype == "float64":
+        raise ConfigError(
+            "--precision bf16 runs float32 parameters' matmuls in bfloat16; with --dtype "
+            "float64 use --precision fp32"
+        )

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from tprop import __version__, checkpoint
+from tprop.accel import optimizer_kwargs
 from tprop.bptt import TruncatedBPTT
 from tprop.btprop import BlockTP
 from tprop.config import Config, ConfigError
@@ -71,9 +72,10 @@ def build_model(cfg: Config, vocab_size: int, device: torch.device) -> RNNLM:
 
 
 def make_optimizer(cfg: Config, model: RNNLM) -> torch.optim.Optimizer:
+    impl = optimizer_kwargs(cfg.optim_impl)
     if cfg.optim == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=cfg.lr, eps=cfg.adagrad_eps)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        return torch.optim.Adagrad(model.parameters(), lr=cfg.lr, eps=cfg.adagrad_eps, **impl)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, **impl)
 
 
 def build_method(

@@ -1,0 +1,118 @@
+"""Fast paths: switches that change how a step runs, not what it computes (issue 10).
+
+- ``--precision bf16``: the model's matmuls run under bfloat16 autocast (the cell and the
+  decoder; cross-entropy is taken in float32). θ, its optimiser, the free states Z and U, the
+  penalty and every sum stay in the parameter dtype, and validation and test perplexities
+  are always scored at full precision, so runs of either precision compare directly.
+- ``--compile MODE``: `torch.compile` of the decoder and its cross-entropy, the largest part of
+  every step; ``reduce-overhead`` also captures it in CUDA graphs on a GPU. The cell stays the
+  library's (cuDNN on a GPU).
+- ``--optim-impl``: the θ-optimiser's implementation in torch: ``for-loop``, ``foreach``
+  (one kernel per operation over all parameters) or ``fused`` (one kernel per step).
+- ``--chunk-tokens 0``: the rows a forward/backward takes at once come from the free memory
+  of the GPU (16,384 tokens on a CPU, where larger chunks only add page faults).
+
+Every method computes its NLL through `Forward`, so each switch works for all of them. Each
+has a test that it gives the plain path's numbers: exactly for ``--optim-impl`` and the
+chunk size, to a stated tolerance for bf16 and compile (tests/test_accel.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from tprop.objective import decode_nll, decoder_nll_sum
+
+if TYPE_CHECKING:
+    from tprop.config import Config
+    from tprop.model import RNNLM
+
+CPU_CHUNK_TOKENS = 16384
+"""Tokens per forward chunk on a CPU (``--chunk-tokens 0``)."""
+
+
+class Forward:
+    """The model over a chunk of rows from given start states, and the chunk's summed NLL,
+    with the run's precision and compilation."""
+
+    def __init__(self, model: RNNLM, precision: str = "fp32", compile_mode: str = "off"):
+        self.model = model
+        self.bf16 = precision == "bf16"
+        self.decode_nll = decode_nll
+        if compile_mode != "off":
+            mode = None if compile_mode == "default" else compile_mode
+            self.decode_nll = torch.compile(decode_nll, mode=mode, dynamic=False)
+
+    @classmethod
+    def from_config(cls, model: RNNLM, cfg: Config) -> Forward:
+        return cls(model, cfg.precision, cfg.compile)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.decoder.weight.device.type, dtype=torch.bfloat16)
+
+    def states(self, x: Tensor, z0: Tensor) -> tuple[Tensor, Tensor]:
+        """The cell alone (`RNNLM.states`) under the same precision as `__call__`, so states
+        computed apart from a step round as the step's do; end states in z0's dtype."""
+        with self.autocast():
+            out, e = self.model.states(x, z0)
+        return out, e.to(z0.dtype)
+
+    def __call__(
+        self, x: Tensor, z0: Tensor, y: Tensor, *, decoder_grad: bool = True, chunked: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """x, y: (T, N) ids; z0: (N, D) → (Σ NLL, end states (N, D)) in z0's dtype.
+
+        ``chunked`` decodes a few rows at a time (`decoder_nll_sum`: batch mode, where the
+        logits would be the largest tensors of the run); ``decoder_grad=False`` detaches the
+        decoder, whose gradient an H-step does not need."""
+        w, b = self.model.decoder.weight, self.model.decoder.bias
+        if not decoder_grad:
+            w, b = w.detach(), b.detach()
+        with self.autocast():
+            out, e = self.model.states(x, z0)
+            if chunked:  # its backward recomputes the logits in the parameters' dtype
+                nll = decoder_nll_sum(out.to(w.dtype), w, b, y)
+            else:
+                nll = self.decode_nll(out, w, b, y)
+        return nll.to(z0.dtype), e.to(z0.dtype)
+
+
+def optimizer_kwargs(impl: str) -> dict[str, bool]:
+    """The keyword arguments of a torch optimiser for ``--optim-impl``."""
+    return {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True},
+            "fused": {"fused": True}}[impl]  # fmt: skip
+
+
+def chunk_tokens(cfg: Config, model: RNNLM, device: torch.device) -> int:
+    """Tokens per forward chunk: ``--chunk-tokens``, or with 0 a CPU's default or what half
+    of a GPU's free memory holds (`tokens_that_fit`)."""
+    if cfg.chunk_tokens:
+        return cfg.chunk_tokens
+    if device.type != "cuda":
+        return CPU_CHUNK_TOKENS
+    free, _ = torch.cuda.mem_get_info(device)
+    return tokens_that_fit(free, token_bytes(model, full_logits=not cfg.full_batch))
+
+
+def token_bytes(model: RNNLM, full_logits: bool) -> int:
+    """A generous estimate of the memory one token of a chunk holds through its backward: the
+    embedding, every layer's output and gates and the flat state (the cell's saved
+    activations), and with ``full_logits`` the logits, their softmax and their gradient."""
+    elt = model.decoder.weight.element_size()
+    emb = model.embedding.embedding_dim
+    per = 2 * emb + 8 * model.layers * model.hidden + 2 * model.state_size
+    if full_logits:
+        per += 3 * model.decoder.out_features
+    return per * elt
+
+
+def tokens_that_fit(free_bytes: int, per_token: int, share: float = 0.5) -> int:
+    """The chunk (in tokens) that fills ``share`` of ``free_bytes``; at least one block row is
+    always taken by the caller, so this may be small."""
+    return max(1, int(free_bytes * share) // max(1, per_token))
