@@ -32,13 +32,13 @@ def ids() -> torch.Tensor:
     return torch.randint(0, V, (1500,), generator=torch.Generator().manual_seed(0))
 
 
-def steps_of(case: str, n_steps: int = 4, **change):
+def steps_of(case: str, n_steps: int = 4, device: str = "cpu", **change):
     """θ and the per-step NLL after ``n_steps`` steps of CASES[case] from seed 1."""
-    cfg = resolve(build({"hidden": 12, "device": "cpu", "batch_size": 4, "seed": 1,
+    cfg = resolve(build({"hidden": 12, "device": device, "batch_size": 4, "seed": 1,
                          **CASES[case], **change}))  # fmt: skip
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, V, torch.device("cpu"))
-    method = build_method(cfg, model, make_optimizer(cfg, model), ids())
+    model = build_model(cfg, V, torch.device(device))
+    method = build_method(cfg, model, make_optimizer(cfg, model), ids().to(device))
     method.start_epoch()
     nll = [float(method.step(*s, epoch=1)["nll"]) for s in method.steps()[:n_steps]]
     return {k: v.clone() for k, v in model.state_dict().items()}, nll, method
@@ -135,6 +135,20 @@ def test_no_step_reads_a_device_value(case):
             method.step(*s, epoch=1)
     ours = {k: n for k, n in spy.calls.items() if "/torch/optim/" not in k[1]}
     assert ours == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", list(CASES))
+def test_no_step_syncs_a_gpu(case):
+    """The same on a GPU, by CUDA's own account: any synchronising call raises."""
+    _, _, method = steps_of(case, n_steps=1, device="cuda", optim_impl="foreach")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for s in method.steps()[1:4]:
+            method.step(*s, epoch=1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_cli_runs_bf16_with_a_fused_optimiser_and_refuses_bf16_float64(tiny_data, tmp_path, capsys):

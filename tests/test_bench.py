@@ -29,6 +29,7 @@ def data(tmp_path_factory):
         ("eval", ["--eval-bptt", "7", "--split", "test", "--json"]),
         ("memory", ["--h-steps", "1", "--json"]),
         ("profile", ["--h-steps", "1", "--no-malloc-both", "--json"]),
+        ("switch", ["--h-steps", "1", "--set", "optim_impl=foreach", "--json"]),
     ],
 )
 def test_bench_smoke(data, capsys, what, extra):
@@ -37,7 +38,11 @@ def test_bench_smoke(data, capsys, what, extra):
     assert rows and all(r["bench"] == what for r in rows)
     if what == "tp-cost":
         assert [(r["method"], r["h_steps"], r["target"]) for r in rows] == [("alm", 1, 1.75)]
-    if what in ("plain", "tp-cost", "eval"):
+    if what == "switch":  # BPTT and ADMM with one H-step, each with and without the switch
+        assert [(r["method"], r["a"], r["b"]) for r in rows] == [
+            ("bptt", "with", "without"), ("admm k=1", "with", "without")
+        ]  # fmt: skip
+    if what in ("plain", "tp-cost", "eval", "switch"):
         assert all(r["a_tokens_per_s"] > 0 and r["b_tokens_per_s"] > 0 for r in rows)
         assert all(r["ratio"] > 0 for r in rows)
     if what == "eval":  # the same weights, scored both ways: the same perplexity
@@ -72,6 +77,8 @@ def test_bench_table_is_markdown():
         (["--device", "tpu"], "--device must be cpu or cuda"),
         (["--bptt", "500"], "longer than the training data"),
         (["--dataset", "ptb", "--data-dir", "/nonexistent"], "ptb"),
+        (["--set", "precison=bf16"], "--set 'precison=bf16': expected KEY=VALUE"),
+        (["--set", "precision=fp8"], "precision"),
     ],
 )
 def test_bench_bad_input_is_one_line(data, capsys, flags, says):

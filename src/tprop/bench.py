@@ -5,6 +5,7 @@
     tprop bench eval                        tprop's evaluate against pytorch/examples' way
     tprop bench memory                      peak RSS (CPU) / max allocated (CUDA) per method
     tprop bench profile                     where a BPTT and an ADMM step spend their time
+    tprop bench switch --set precision=bf16 a fast path (tprop.accel) against tprop without it
 
 Every side runs in a process of its own (`tprop.bench_sides`), so a side gets the allocator
 settings of the program it stands for (tprop tuned, a plain script not) and peaks do not mix.
@@ -28,7 +29,7 @@ from typing import Any
 from tprop.config import ConfigError
 
 NAME = "bench"
-WHAT = ("plain", "tp-cost", "eval", "memory", "profile")
+WHAT = ("plain", "tp-cost", "eval", "memory", "profile", "switch")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="profile: each method with and without tprop's malloc settings [default: on]",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a `tprop train` setting for tprop's training sides, e.g. precision=bf16, "
+        "compile=default, optim_impl=fused; repeatable (the plain sides stay plain)",
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] [default: cpu]")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--json", action="store_true", help="one JSON object per row")
@@ -86,6 +95,23 @@ def _check(ns: argparse.Namespace) -> None:
             raise ConfigError(f"--{flag} must be >= 0 (got {getattr(ns, flag)})")
     if ns.device != "cpu" and not ns.device.startswith("cuda"):
         raise ConfigError(f"--device must be cpu or cuda[:N] (got {ns.device})")
+    ns.settings = _settings(ns.set)
+
+
+def _settings(items: list[str]) -> dict[str, Any]:
+    from tprop.config import field_types
+    from tprop.sweep import parse_literal
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in field_types():
+            raise ConfigError(
+                f"--set {item!r}: expected KEY=VALUE with KEY a `tprop train` setting"
+            )
+        out[key] = parse_literal(value.strip())
+    return out
 
 
 def _context():
@@ -206,14 +232,19 @@ def _train_config(ns: argparse.Namespace, hidden: int, method: str, **more: Any)
     return {**base, "method": method, **window, "adagrad_eps": 1e-10, **more}
 
 
+def _tprop_config(ns: argparse.Namespace, hidden: int, method: str, **more: Any) -> dict:
+    """A tprop side's settings: `_train_config` with the user's --set on top."""
+    return {**_train_config(ns, hidden, method, **more), **ns.settings}
+
+
 # ---- the benchmarks ----------------------------------------------------------------------
 def bench_plain(ns: argparse.Namespace) -> list[dict[str, Any]]:
     """tprop's TruncatedBPTT (tuned, as `tprop` runs) against the plain loop (untuned)."""
     rows = []
     for h in ns.hidden:
-        cfg = _train_config(ns, h, "bptt")
+        cfg = _train_config(ns, h, "bptt")  # the plain side's
         specs = [
-            _side(ns, "tprop bptt", "tprop", True, config=cfg),
+            _side(ns, "tprop bptt", "tprop", True, config=_tprop_config(ns, h, "bptt")),
             _side(ns, "plain loop", "plain", ns.plain_tuned, config=cfg),
         ]
         rows.append({"hidden": h, **alternate(specs, ns, f"hidden {h}")})
@@ -227,9 +258,9 @@ def bench_tp_cost(ns: argparse.Namespace) -> list[dict[str, Any]]:
     for h in ns.hidden:
         for method in ns.method:
             for k in ns.h_steps:
-                tp = _train_config(ns, h, method, h_steps=k, u_start_epoch=1)
+                tp = _tprop_config(ns, h, method, h_steps=k, u_start_epoch=1)
                 specs = [
-                    _side(ns, "bptt", "tprop", True, config=_train_config(ns, h, "bptt")),
+                    _side(ns, "bptt", "tprop", True, config=_tprop_config(ns, h, "bptt")),
                     _side(ns, f"{method} k={k}", "tprop", True, config=tp),
                 ]
                 r = alternate(specs, ns, f"hidden {h}, {method}, {k} H-steps")
@@ -275,10 +306,10 @@ def bench_memory(ns: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for h in ns.hidden:
         k = ns.h_steps[0]
-        admm = _train_config(ns, h, "admm", h_steps=k, u_start_epoch=1)
+        admm = _tprop_config(ns, h, "admm", h_steps=k, u_start_epoch=1)
         for name, kind, tuned, cfg in [
             ("plain loop", "plain", ns.plain_tuned, _train_config(ns, h, "bptt")),
-            ("tprop bptt", "tprop", True, _train_config(ns, h, "bptt")),
+            ("tprop bptt", "tprop", True, _tprop_config(ns, h, "bptt")),
             (f"admm k={k}", "tprop", True, admm),
             (f"admm k={k} --full-batch", "tprop", True, {**admm, "full_batch": True}),
         ]:
@@ -298,8 +329,8 @@ def bench_profile(ns: argparse.Namespace) -> list[dict[str, Any]]:
     rows, k = [], ns.h_steps[0]
     once = argparse.Namespace(**{**vars(ns), "warmup": 1, "rounds": 1})
     for h in ns.hidden:
-        admm = _train_config(ns, h, "admm", h_steps=k, u_start_epoch=1)
-        for name, cfg in [("bptt", _train_config(ns, h, "bptt")), (f"admm k={k}", admm)]:
+        admm = _tprop_config(ns, h, "admm", h_steps=k, u_start_epoch=1)
+        for name, cfg in [("bptt", _tprop_config(ns, h, "bptt")), (f"admm k={k}", admm)]:
             for tuned in (True, False) if ns.malloc_both else (True,):
                 spec = _side(ns, name, "tprop-profile", tuned, config=cfg)
                 r = alternate([spec], once, f"hidden {h}, {name}, tuned {tuned}")
@@ -312,7 +343,27 @@ def _one_round(ns: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(ns), "warmup": 0, "rounds": 1})
 
 
+def bench_switch(ns: argparse.Namespace) -> list[dict[str, Any]]:
+    """tprop with the --set settings against tprop without them: BPTT, and each --method
+    with each --h-steps; the ratio is the switch's speed-up in tokens/s."""
+    if not ns.settings:
+        raise ConfigError("bench switch compares tprop with and without --set KEY=VALUE; give one")
+    rows = []
+    for h in ns.hidden:
+        todo = [("bptt", {})] + [(m, {"h_steps": k, "u_start_epoch": 1}) for m in ns.method
+                                 for k in ns.h_steps]  # fmt: skip
+        for method, more in todo:
+            label = method if method == "bptt" else f"{method} k={more['h_steps']}"
+            specs = [
+                _side(ns, "with", "tprop", True, config=_tprop_config(ns, h, method, **more)),
+                _side(ns, "without", "tprop", True, config=_train_config(ns, h, method, **more)),
+            ]
+            rows.append({"hidden": h, "method": label, **alternate(specs, ns, f"{h}, {label}")})
+    return rows
+
+
 BENCHES = {"plain": bench_plain, "tp-cost": bench_tp_cost, "eval": bench_eval}
+BENCHES |= {"switch": bench_switch}
 BENCHES |= {"memory": bench_memory, "profile": bench_profile}
 
 
@@ -342,6 +393,8 @@ def table(what: str, rows: list[dict[str, Any]]) -> list[str]:
         "eval": [("hidden", "{}"), ("tokens", "{:,}"), ("a_tokens_per_s", "{:,.0f}")]
         + [("b_tokens_per_s", "{:,.0f}"), ("ratio", "{:.2f}"), ("a_ppl", "{:.6f}")]
         + [("b_ppl", "{:.6f}"), ("ppl_rel_diff", "{:.1e}")],
+        "switch": [("hidden", "{}"), ("method", "{}"), ("a_tokens_per_s", "{:,.0f}")]
+        + [("b_tokens_per_s", "{:,.0f}"), ("ratio", "{:.3f}")],
         "memory": [("hidden", "{}"), ("a", "{}"), ("steps", "{}"), ("a_tokens_per_s", "{:,.0f}")]
         + [("a_setup_mb", "{:,.0f}"), ("a_peak_mb", "{:,.0f}")],
         "profile": [("hidden", "{}"), ("method", "{}"), ("tuned", "{}"), ("ms_per_step", "{:.1f}")]
@@ -352,6 +405,9 @@ def table(what: str, rows: list[dict[str, Any]]) -> list[str]:
     b = "TP" if what == "tp-cost" else b
     names = {"a_tokens_per_s": f"{a} tok/s", "b_tokens_per_s": f"{b} tok/s"}
     names |= {"ratio": {"tp-cost": "time/token ratio", "eval": "speed-up"}.get(what, "ratio")}
+    if what == "switch":
+        names |= {"a_tokens_per_s": "with tok/s", "b_tokens_per_s": "without tok/s"}
+        names |= {"ratio": "speed-up"}
     names |= {"a": "side", "a_setup_mb": "MB after set-up", "a_peak_mb": mb, "a_ppl": "tprop ppl"}
     names |= {"b_ppl": "plain ppl", "ppl_rel_diff": "ppl rel. diff", "h_steps": "H-steps k"}
     if what == "memory":
@@ -384,7 +440,9 @@ def run(ns: argparse.Namespace) -> int:
     }.get(ns.what, f"medians of {ns.rounds} alternating rounds after {ns.warmup} warm-up")
     print(
         f"tprop bench {ns.what}: {ns.dataset}, torch {info['torch']}, {info['cpu']}, "
-        f"{ns.threads or info['threads']} threads, device {ns.device}; {how}\n"
+        f"{ns.threads or info['threads']} threads, device {ns.device}; {how}"
+        + "".join(f"; tprop {k}={v}" for k, v in ns.settings.items())
+        + "\n"
     )
     print("\n".join(table(ns.what, rows)))
     return 0
