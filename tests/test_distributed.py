@@ -134,9 +134,10 @@ def test_ranks_end_with_the_single_process_theta_z_and_u(name, single, ranks):
 
 
 def test_the_wire_carries_parameters_border_states_and_metrics_only(ranks):
-    """tprnn minibatch ADMM: per step, every rank sends P values per θ-update and 11 metric
-    values; at each of the W−1 borders one S·D state per pass each way, plus the carried
-    state from the last rank to rank 0."""
+    """tprnn minibatch ADMM: per step, every rank sends P values per θ-update and 8 metric
+    values (`btprop.STATS`; the loop adds its 2 flags once per log interval); at each of the
+    W−1 borders one S·D state per pass each way, plus the carried state from the last rank to
+    rank 0."""
     world, results = ranks
     res = [r["admm-tprnn-mb"] for r in results]
     steps, P, D, S = res[0]["steps"], res[0]["params"], 8, 1
@@ -144,7 +145,7 @@ def test_the_wire_carries_parameters_border_states_and_metrics_only(ranks):
     assert {k for r in res for k in r["sent"]} == {"grad", "border", "metrics"}
     for r in res:
         assert r["sent"]["grad"] == steps * theta * P * 8
-        assert r["sent"]["metrics"] == steps * (9 + 0) * 8  # 9 STATS (no loop flags here)
+        assert r["sent"]["metrics"] == steps * (8 + 0) * 8  # 8 STATS (no loop flags here)
     border = sum(r["sent"]["border"] for r in res)
     per_step = (world - 1) * (h + theta + dual) + (world - 1) * h + 1  # z, ∂z, carry
     assert border == steps * per_step * S * D * 8

@@ -100,7 +100,7 @@ class TruncatedBPTT:
         if not self.full_batch or i == self.n - 1:  # full batch: one update from the mean
             theta_update(self.model, self.opt, self.clip, self.comm)
         self.state = last.detach()  # the truncation: carried, but no gradient flows back
-        return {"nll": nll.detach(), "tokens": torch.tensor(y.numel())}
+        return {"nll": nll.detach(), "tokens": self.k * self.n_streams}  # tokens of all ranks
 
     def state_dict(self) -> dict[str, Any]:
         """The carried state of all S streams; in full-batch mode also the epoch's gradient

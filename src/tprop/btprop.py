@@ -48,8 +48,9 @@ from tprop.objective import (
 from tprop.parallel import Comm, Shard
 
 # What `BlockTP.step` reports: sums over its blocks (``x_n`` counts what ``x`` averages over).
+# ``tokens`` is a host int: the step's tokens over all ranks (reading it never waits on a GPU).
 STATS = ("loss_before_h", "loss_after_h", "theta_loss", "nll", "residual", "residual_n",
-         "dual_norm", "dual_norm_n", "tokens")  # fmt: skip
+         "dual_norm", "dual_norm_n")  # fmt: skip
 
 
 class HOptimizer:
@@ -151,7 +152,7 @@ class BlockTP:
         for _ in range(self.cfg.h_steps if self.row.joint else self.cfg.theta_steps):
             self.opt.zero_grad(set_to_none=True)
             theta_update(self.model, self.opt, self.cfg.clip, self.comm)
-        return {k: torch.tensor(0.0) for k in STATS}
+        return {**{k: torch.tensor(0.0) for k in STATS}, "tokens": self.step_tokens(sh)}
 
     def h_steps(self, x: Tensor, y: Tensor, z: Tensor, u: Tensor, sh: Shard) -> list[Pass]:
         """H-steps on z in place, θ fixed; ALM steps θ too, from the same backward."""
@@ -361,7 +362,7 @@ class BlockTP:
 
     def stats(
         self, h_passes: list[Pass], theta_passes: list[Pass], u: Tensor, sh: Shard
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Tensor | int]:
         """`STATS`: L_aug before and after the H-steps and at the θ-step, NLL, residual and
         dual norms, tokens."""
         passes = h_passes + theta_passes
@@ -376,8 +377,11 @@ class BlockTP:
             "residual_n": torch.tensor(float(last.n_constraints)),
             "dual_norm": torch.linalg.vector_norm(u[:k], dim=-1).sum(),
             "dual_norm_n": torch.tensor(float(k * self.n_streams)),
-            "tokens": torch.tensor(sh.rows * self.n_streams * self.cfg.block_size),
+            "tokens": self.step_tokens(sh),
         }
+
+    def step_tokens(self, sh: Shard) -> int:
+        return (sh.stop - sh.start) * self.n_streams * self.cfg.block_size
 
     def _chunks(self, n_rows: int) -> list[tuple[int, int]]:
         c = self.chunk_rows

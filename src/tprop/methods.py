@@ -47,8 +47,9 @@ class Method(Protocol):
 
     def step(self, *where: int, epoch: int) -> dict[str, Tensor]:
         """Train on one step (this rank's share of it); return device scalars that add up
-        over steps and ranks: ``nll`` (Σ), ``tokens`` and diagnostics, where ``x_n`` is the
-        count that the sum ``x`` is averaged over."""
+        over steps and ranks: ``nll`` (Σ) and diagnostics, where ``x_n`` is the count that
+        the sum ``x`` is averaged over; and ``tokens``, a host int: the step's tokens over
+        all ranks. Nothing in a step reads a device value (tests/test_accel.py)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything beyond θ and its optimiser that an exact resume needs."""

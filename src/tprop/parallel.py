@@ -186,20 +186,21 @@ class Comm:
                 self.sent["setup"] += p.numel() * p.element_size() * (self.rank == 0)
                 self._guard(lambda p=p: dist.broadcast(p.data, 0), "setup")
 
-    def sum_step(self, stats: dict[str, Tensor], *flags: bool) -> tuple[dict, list[bool]]:
-        """A step's metric sums and the loop's flags, summed over ranks in one all-reduce
-        (a flag is true everywhere if it is true anywhere)."""
+    def sum_step(self, stats: dict[str, Any], *flags: bool) -> tuple[dict, list[bool]]:
+        """A step's metric sums (its tensors; other values pass as they are) and the loop's
+        flags, summed over ranks in one all-reduce (a flag is true everywhere if it is true
+        anywhere). Only flags are read on the host: without them nothing waits on a GPU."""
         if not self.parallel:
             return stats, list(flags)
-        keys = sorted(stats)  # the same order on every rank
+        keys = sorted(k for k, v in stats.items() if isinstance(v, Tensor))  # same order
         ref = stats[keys[0]]
         vec = torch.stack(
             [stats[k].to(ref.device, torch.float64) for k in keys]
             + [torch.tensor(float(f), dtype=torch.float64, device=ref.device) for f in flags]
         )
         self._all_reduce(vec, "metrics")
-        summed = dict(zip(keys, vec[: len(keys)], strict=True))
-        return summed, [bool(v > 0) for v in vec[len(keys) :].tolist()]
+        summed = {**stats, **dict(zip(keys, vec[: len(keys)], strict=True))}
+        return summed, [bool(v > 0) for v in vec[len(keys) :].tolist()] if flags else []
 
     def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum every parameter's gradient over ranks, in one flat buffer (None counts as 0)."""

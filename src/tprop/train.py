@@ -187,6 +187,11 @@ def _check_resumable(saved: dict[str, Any], cfg: Config, vocab: int) -> None:
 
 
 # ---- the loop ----------------------------------------------------------------------------
+LOG_EVERY = 50
+"""Steps between reads of the loss on the host (divergence check, progress bar) and, with
+several ranks, between agreements on a signal or a checkpoint due."""
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Train one run into cfg.out; return its summary (also written to summary.json)."""
     t_start = time.time()
@@ -286,25 +291,30 @@ def train_epoch(run: Run, stop: StopSignals, device: torch.device) -> None:
         bar.update(prog.epoch_tokens)
         for i in range(prog.step, len(steps)):
             stats = method.step(*steps[i], epoch=prog.epoch)
-            due = every_s > 0 and time.time() - run.last_save >= every_s
-            stats, (due, signalled) = comm.sum_step(stats, due, stop.signum is not None)
+            n_tok = stats.pop("tokens")
+            # Several ranks agree on the flags (a host read) once per log interval.
+            check = not comm.parallel or i % LOG_EVERY == LOG_EVERY - 1 or i == len(steps) - 1
+            due = check and every_s > 0 and time.time() - run.last_save >= every_s
+            flags = (due, stop.signum is not None) if check else ()
+            stats, flags = comm.sum_step(stats, *flags)
+            due, signalled = flags or (False, False)
             stop.join(signalled)
-            n_tok = int(stats.pop("tokens"))
             for k, v in stats.items():
                 prog.sums[k] = prog.sums.get(k, 0) + v.detach().double()
             prog.step, prog.epoch_tokens = i + 1, prog.epoch_tokens + n_tok
             bar.update(n_tok)
-            if i % 50 == 49 or due or stop.signum:
+            stopping = check and stop.signum is not None  # every rank at the same step
+            if i % LOG_EVERY == LOG_EVERY - 1 or due or stopping:
                 if _diverged(prog, f"epoch {prog.epoch}, step {i + 1}"):
                     return
                 bar.set_postfix(
                     loss=f"{prog.sums['nll'].item() / prog.epoch_tokens:.3f}", refresh=False
                 )
-            if (due or stop.signum) and prog.step < len(steps):
+            if (due or stopping) and prog.step < len(steps):
                 now = time.time()
                 prog.epoch_s, t0 = prog.epoch_s + now - t0, now
                 run.save()
-            if stop.signum and prog.step < len(steps):
+            if stopping and prog.step < len(steps):
                 raise stop.interrupted(prog.epoch, prog.step, run.out)
     if device.type == "cuda":
         torch.cuda.synchronize()
