@@ -250,9 +250,11 @@ class BlockTP:
     ) -> tuple[Tensor, Tensor]:
         """Σ NLL of a chunk's blocks and their end states. In batch mode a chunk's logits
         (chunk_tokens × V) are the largest tensors of the run: there they are decoded a few
-        rows at a time (`decoder_nll_sum`; the H-steps need no decoder gradient)."""
+        rows at a time (`decoder_nll_sum`). The H-steps need no decoder gradient: they get a
+        detached decoder (eager autograd would skip its matmuls anyway; a compiled backward
+        computes every gradient its graph was traced with)."""
         batch = self.cfg.full_batch
-        return self.forward(x, z0, y, decoder_grad=grad_theta or not batch, chunked=batch)
+        return self.forward(x, z0, y, decoder_grad=grad_theta, chunked=batch)
 
     # ---- block state ---------------------------------------------------------------------
     def load_z(self, sh: Shard, x: Tensor) -> Tensor:
