@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,34 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, argv, needle):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
+
+
+def test_table4_words_and_characters_in_the_papers_layout_with_its_figure(tmp_path):
+    """Table 4 by minibatch size: word perplexity and bits per character (from the run's
+    train/nll and test_bits), the paper's values beside ours, n/c where datasets differ."""
+    root = tmp_path / "t4"
+    lstm = {**BASE, "method": "bptt", "cell": "lstm"}
+    for bs, v in ((64, 120.0), (256, 130.0)):
+        fake_run(root, f"w{bs}", {**lstm, "dataset": "wikitext-2", "layers": 2, "hidden": 512,
+                                  "bptt": 30, "batch_size": bs}, [v + 10, v], tp=False)  # fmt: skip
+    for bs, bits in ((64, 1.5), (16000, 2.0)):
+        folder = fake_run(root, f"c{bs}", {**lstm, "dataset": "ptb-char", "layers": 1,
+                                           "hidden": 128, "bptt": 75, "batch_size": bs},
+                          [3.0, 2.9], tp=False)  # fmt: skip
+        lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        lines[1]["train/nll"] = bits * math.log(2) - 0.1
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        summary = json.loads((folder / "summary.json").read_text())
+        (folder / "summary.json").write_text(json.dumps({**summary, "test_bits": bits}))
+    assert main(["report", str(root)]) == 0
+    md = (root / "report.md").read_text()
+    assert "Table 4: BPTT perplexity by minibatch size (columns)" in md
+    assert "Table 4: BPTT bits per character by minibatch size (columns)" in md
+    assert "| test | 115.00 (1) · 47.70 · n/c | 125.00 (1) · 49.10 · n/c |" in md
+    assert "| test | 1.50 (1) · 1.39 · n/c | — | — | — | 2.00 (1) · 1.47 · n/c |" in md
+    assert "| training | 1.36 (1) · 1.35 · n/c |" in md  # (1.5·ln 2 − 0.1) / ln 2
+    assert (
+        "ours: LSTM 1 × 128, K = 75 on ptb-char; the paper's: 1-layer LSTM 1024, K = 75 on text8"
+        in md
+    )
+    assert (root / "figures" / "table4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

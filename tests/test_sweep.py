@@ -83,7 +83,7 @@ def test_builtin_grids_expand_to_valid_named_runs():
         "table2": 9,
         "figure3": 36,
         "table3": 9,
-        "table4": 15,
+        "table4": 30,
     }
     for g in grids.BUILTIN.values():
         runs = g.runs()

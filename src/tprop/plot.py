@@ -289,6 +289,33 @@ def figure3_figure(tables: list[Table], path: Path) -> bool:
     return True
 
 
+def table4_figure(tables: list[Table], path: Path) -> bool:
+    """Table 4: training and test perplexity (words) or bits per character, ours and the
+    paper's, against the minibatch size; a panel per level."""
+    sections = [t for t in tables if t.key == "table4"]
+    if not sections:
+        return False
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(sections), figsize=(5 * len(sections), 3.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, t in zip(axes[0], sections, strict=True):
+        xs = [int(c) for c in t.cols]
+        for i, row in enumerate(t.rows):
+            _errorbar(ax, xs, t, row, colors[i], 1 + 0.04 * (i - 0.5))
+        chars = "bits per character" in t.title
+        ax.set(xlabel="minibatch size (streams)", xscale="log", xticks=xs,
+               xlim=(min(xs) / 1.5, max(xs) * 1.5), title=f"Table 4: {t.section}",
+               ylabel="bits per character" if chars else "perplexity")  # fmt: skip
+        ax.set_xticklabels([str(x) for x in xs])
+        ax.minorticks_off()
+        if not chars:
+            log_y(ax)
+    fig.tight_layout()
+    _legend(fig, axes[0][0], 4)
+    save(fig, path)
+    return True
+
+
 def report_figures(records: list[RunRecord], tables: list[Table], folder: Path) -> list[str]:
     """Draw what the runs allow; return the file names written (in `folder`)."""
     made = []
@@ -296,6 +323,7 @@ def report_figures(records: list[RunRecord], tables: list[Table], folder: Path) 
         ("learning-curves.png", lambda p: learning_curves(records, p)),
         ("table1.png", lambda p: table1_figure(tables, p)),
         ("figure3.png", lambda p: figure3_figure(tables, p)),
+        ("table4.png", lambda p: table4_figure(tables, p)),
     ):
         if draw(folder / name):
             made.append(name)

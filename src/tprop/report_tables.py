@@ -202,21 +202,21 @@ def locate_figure3(c: dict[str, Any]) -> tuple[str, str, str] | None:
     return "Minibatch PTB, B = K = 10", row, f"hidden = {c['hidden']}"
 
 
-TABLE4_SECTION = "WikiText (BPTT, 2-layer LSTM 512, K = 30)"
+TABLE4_SECTIONS = {  # dataset → section (and the paper's model: 2 × 512, K 30; 1 × 1024, K 75)
+    "wikitext-2": paper.TABLE4_WORD,
+    "wikitext-103": paper.TABLE4_WORD,
+    "ptb-char": paper.TABLE4_CHAR,
+    "text8": paper.TABLE4_CHAR,
+}
+TABLE4_PAPER_DATA = {paper.TABLE4_WORD: "wikitext-103", paper.TABLE4_CHAR: "text8"}
 
 
 def locate_table4(c: dict[str, Any]) -> tuple[str, str, str] | None:
-    if (c["method"], c["cell"], c["layers"], c["hidden"], c["bptt"]) != (
-        "bptt",
-        "lstm",
-        2,
-        512,
-        30,
-    ):
+    """BPTT LSTM runs by dataset; a smaller model than the paper's is placed too, and the
+    table's note names the models it holds."""
+    if (c["method"], c["cell"]) != ("bptt", "lstm") or c["dataset"] not in TABLE4_SECTIONS:
         return None
-    if c["dataset"] not in ("wikitext-2", "wikitext-103"):
-        return None
-    return TABLE4_SECTION, "", str(c["batch_size"])
+    return TABLE4_SECTIONS[c["dataset"]], "", str(c["batch_size"])
 
 
 LOCATORS = {
@@ -334,31 +334,37 @@ def _train_ppl(r: RunRecord) -> float | None:
     return r.epoch_value(int(r.get("best_epoch") or 0), "train/ppl")
 
 
+def _train_bits(r: RunRecord) -> float | None:
+    nll = r.epoch_value(int(r.get("best_epoch") or 0), "train/nll")
+    return None if nll is None else nll / math.log(2)
+
+
 def table4(placed: dict[str, dict]) -> list[Table]:
     out = []
     for section, cells in placed.items():
+        chars = section == paper.TABLE4_CHAR
         cols = sorted({*paper.TABLE4_COLS, *(c for _, c in cells)}, key=int)
-        t = Table(
-            "table4",
-            "Table 4: BPTT perplexity by minibatch size (columns)",
-            section,
-            list(paper.TABLE4_ROWS),
-            cols,
-        )
+        unit = "bits per character" if chars else "perplexity"
+        t = Table("table4", f"Table 4: BPTT {unit} by minibatch size (columns)", section,
+                  list(paper.TABLE4_ROWS), cols)  # fmt: skip
+        metrics = {"training": _train_bits, "test": lambda r: r.get("test_bits")} if chars else {
+            "training": _train_ppl, "test": lambda r: r.get("test_ppl")}  # fmt: skip
+        theirs = TABLE4_PAPER_DATA[section]
         for (_, col), runs in cells.items():
-            for row, metric in (("training", _train_ppl), ("test", lambda r: r.get("test_ppl"))):
+            for row, metric in metrics.items():
                 cell = t.cell(row, col)
                 cell.runs = runs
                 choose(cell, metric)
                 cell.paper = paper.published("table4", section, row, col)
-                cell.comparable = all(
-                    r.config.get("dataset") == "wikitext-103" for r in cell.chosen
-                )
-        datasets = sorted({r.config.get("dataset", "?") for c in t.cells.values() for r in c.runs})
+                cell.comparable = all(r.config.get("dataset") == theirs for r in cell.chosen)
+        every = [r.config for c in t.cells.values() for r in c.runs]
+        datasets = sorted({c.get("dataset", "?") for c in every})
+        models = sorted({f"{c['layers']} × {c['hidden']}, K = {c['bptt']}" for c in every})
         t.notes.append(
-            f"ours on {', '.join(datasets)}; the paper's on WikiText-103: "
-            "a difference is shown only for WikiText-103 runs (n/c = not comparable); "
-            "training = training perplexity of the best validation epoch"
+            f"ours: LSTM {'; '.join(models)} on {', '.join(datasets)}; the paper's: "
+            f"{section.split('(BPTT, ')[1].rstrip(')')} on {theirs}: a difference is shown "
+            f"only for {theirs} runs (n/c = not comparable); training = training {unit} of "
+            "the best validation epoch"
         )
         out.append(t)
     return out
