@@ -44,6 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the paper's tables as Markdown to stdout; write nothing",
     )
+    p.add_argument(
+        "--settings",
+        action="store_true",
+        help="with --markdown-only: also the table of every setting (runs grouped over seeds)",
+    )
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.set_defaults(handler=run)
 
@@ -172,6 +177,15 @@ def settings_rows(records: list[RunRecord]) -> list[list[str]]:
     return [r for _, _, r in rows]
 
 
+def settings_markdown(records: list[RunRecord]) -> list[str]:
+    return [
+        "Runs grouped over seeds; best validation perplexity, then "
+        "test perplexity of the best-validation weights.",
+        "",
+        *md_table(["setting", "finished/runs", "valid ppl", "test ppl"], settings_rows(records)),
+    ]
+
+
 def _partial(r: RunRecord) -> str:
     if r.finished or not r.epochs:
         return r.note
@@ -226,14 +240,7 @@ def full_markdown(
         markdown_tables(tables),
     ]
     lines += [f"![{f}](figures/{f})" for f in figures] + ([""] if figures else [])
-    lines += [
-        "## Settings",
-        "",
-        "Runs grouped over seeds; best validation perplexity, then "
-        "test perplexity of the best-validation weights.",
-        "",
-    ]
-    lines += md_table(["setting", "finished/runs", "valid ppl", "test ppl"], settings_rows(records))
+    lines += ["## Settings", "", *settings_markdown(records)]
     lines += ["", "## Runs", ""] + md_table(RUN_HEADER, [run_row(r) for r in records])
     return "\n".join(lines) + "\n"
 
@@ -331,6 +338,8 @@ def run(ns: argparse.Namespace) -> int:
     if ns.markdown_only:
         records, _ = load_runs(ns.dir)
         print(markdown_tables(build_tables(records)), end="")
+        if ns.settings:
+            print("\n\n" + "\n".join(["#### Settings", "", *settings_markdown(records)]))
         return 0
     try:
         path = write_report(ns.dir, ns.out, figures=not ns.no_figures)
