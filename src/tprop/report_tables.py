@@ -35,8 +35,14 @@ IGNORED = {
     "deterministic",
     "tf32",
     "eval_bptt",
+    "chunk_tokens",
+    "compile",
+    "optim_impl",
+    "nproc",
+    "dist_timeout",
 }
-"""Config keys that do not make a different setting (run control, bookkeeping)."""
+"""Config keys that do not make a different setting (run control, bookkeeping, and how a step
+is computed where the result is the same: chunking, compilation, the optimiser's kernels)."""
 PRESET_SWITCHES = {k for p in PRESETS.values() for k in p}
 
 
