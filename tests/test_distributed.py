@@ -105,8 +105,13 @@ def single() -> dict:
 @pytest.fixture(scope="module", params=[2, 4])
 def ranks(request, tmp_path_factory) -> tuple[int, list[dict]]:
     world, out = request.param, tmp_path_factory.mktemp(f"w{request.param}")
-    mp.start_processes(_worker, args=(world, free_port(), str(out)), nprocs=world,
-                       start_method="spawn")  # fmt: skip
+    try:
+        mp.start_processes(_worker, args=(world, free_port(), str(out)), nprocs=world,
+                           start_method="spawn")  # fmt: skip
+    except mp.ProcessRaisedException as e:  # free_port's port can be taken before rank 0
+        print(f"first try failed, retrying on a new port: {e}")  # binds it: one more try
+        mp.start_processes(_worker, args=(world, free_port(), str(out)), nprocs=world,
+                           start_method="spawn")  # fmt: skip
     return world, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
