@@ -99,19 +99,9 @@ def _check(ns: argparse.Namespace) -> None:
 
 
 def _settings(items: list[str]) -> dict[str, Any]:
-    from tprop.config import field_types
-    from tprop.sweep import parse_literal
+    from tprop.sweep import parse_setting
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in field_types():
-            raise ConfigError(
-                f"--set {item!r}: expected KEY=VALUE with KEY a `tprop train` setting"
-            )
-        out[key] = parse_literal(value.strip())
-    return out
+    return dict(parse_setting(item) for item in items)
 
 
 def _context():

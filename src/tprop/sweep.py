@@ -116,21 +116,27 @@ def parse_set(items: list[str], runs: list[Run]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     axes = {k for r in runs for k in r.axes}
     for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in field_types():
-            raise GridError(
-                f"--set {item!r}: expected KEY=VALUE with KEY a `tprop train` "
-                "setting (see `tprop train --help`)"
-            )
+        key, value = parse_setting(item)
         if key in grids.RUN_CONTROL:
             raise GridError(
                 f"--set {key}: the sweep sets it; use --seeds/--out/--data-dir/--device"
             )
         if key in axes:
             raise GridError(f"--set {key}: it is an axis of the grid; use --filter {key}=…")
-        out[key] = parse_literal(value.strip())
+        out[key] = value
     return out
+
+
+def parse_setting(item: str) -> tuple[str, Any]:
+    """``--set KEY=VALUE`` → (the `tprop train` setting, its value as TOML would read it)."""
+    key, sep, value = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or key not in field_types():
+        raise GridError(
+            f"--set {item!r}: expected KEY=VALUE with KEY a `tprop train` "
+            "setting (see `tprop train --help`)"
+        )
+    return key, parse_literal(value.strip())
 
 
 def _matches(run: Run, cond: str, defaults: dict[str, Any]) -> bool:
