@@ -93,6 +93,21 @@ def test_batch_mode_does_not_depend_on_the_chunk_size():
         assert torch.allclose(v, ref[k], rtol=1e-10, atol=1e-12), k
 
 
+def test_bptt_over_groups_of_streams_with_chunked_logits_is_the_plain_step(monkeypatch):
+    """A window too large for memory (Table 4: 16,000 streams) runs a group of streams at a
+    time, and decodes a few rows at a time once its logits pass the limit: same θ, same NLL,
+    same carried state (float64)."""
+    ref, ref_nll, plain = steps_of("bptt", dtype="float64")
+    monkeypatch.setattr("tprop.accel.CPU_LOGITS_LIMIT", 1)  # every call decodes row chunks
+    new, new_nll, method = steps_of("bptt", dtype="float64", chunk_tokens=10)
+    assert plain.group >= 4 and method.group == 2  # 10 tokens // K 5: two of the 4 streams
+    assert (plain.forward.logits_limit, method.forward.logits_limit) == (1 << 30, 1)
+    assert new_nll == pytest.approx(ref_nll, rel=1e-12)
+    for k, v in new.items():
+        assert torch.allclose(v, ref[k], rtol=1e-10, atol=1e-12), k
+    assert torch.allclose(plain.state, method.state, rtol=1e-10, atol=1e-12)
+
+
 def test_chunk_size_from_the_setting_the_cpu_default_or_free_memory():
     cfg = resolve(build({"hidden": 12, "method": "admm", "full_batch": True, "chunk_tokens": 0}))
     model = build_model(cfg, V, torch.device("cpu"))

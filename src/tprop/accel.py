@@ -10,7 +10,9 @@
 - ``--optim-impl``: the θ-optimiser's implementation in torch: ``for-loop``, ``foreach``
   (one kernel per operation over all parameters) or ``fused`` (one kernel per step).
 - ``--chunk-tokens 0``: the rows a forward/backward takes at once come from the free memory
-  of the GPU (16,384 tokens on a CPU, where larger chunks only add page faults).
+  of the GPU (16,384 tokens on a CPU, where larger chunks only add page faults). A call whose
+  full logits would not fit (`logits_limit`) decodes a few rows at a time instead, so a
+  minibatch of 16,000 streams over a 33k-word vocabulary (Table 4) trains in bounded memory.
 
 Every method computes its NLL through `Forward`, so each switch works for all of them. Each
 has a test that it gives the plain path's numbers: exactly for ``--optim-impl`` and the
@@ -34,14 +36,25 @@ if TYPE_CHECKING:
 CPU_CHUNK_TOKENS = 16384
 """Tokens per forward chunk on a CPU (``--chunk-tokens 0``)."""
 
+CPU_LOGITS_LIMIT = 1 << 30
+"""Bytes of full logits (with their softmax and gradient) above which a CPU step decodes a
+few rows at a time (`decoder_nll_sum`); below it the plain path is faster."""
+
 
 class Forward:
     """The model over a chunk of rows from given start states, and the chunk's summed NLL,
     with the run's precision and compilation."""
 
-    def __init__(self, model: RNNLM, precision: str = "fp32", compile_mode: str = "off"):
+    def __init__(
+        self,
+        model: RNNLM,
+        precision: str = "fp32",
+        compile_mode: str = "off",
+        logits_limit: int | None = None,
+    ):
         self.model = model
         self.bf16 = precision == "bf16"
+        self.logits_limit = logits_limit or logits_limit_for(model.decoder.weight.device)
         self.decode_nll = decode_nll
         if compile_mode != "off":
             mode = None if compile_mode == "default" else compile_mode
@@ -69,11 +82,13 @@ class Forward:
         """x, y: (T, N) ids; z0: (N, D) → (Σ NLL, end states (N, D)) in z0's dtype.
 
         ``chunked`` decodes a few rows at a time (`decoder_nll_sum`: batch mode, where the
-        logits would be the largest tensors of the run); ``decoder_grad=False`` detaches the
-        decoder, whose gradient an H-step does not need."""
+        logits would be the largest tensors of the run); so does any call whose full logits
+        would pass `logits_limit`. ``decoder_grad=False`` detaches the decoder, whose gradient
+        an H-step does not need."""
         w, b = self.model.decoder.weight, self.model.decoder.bias
         if not decoder_grad:
             w, b = w.detach(), b.detach()
+        chunked = chunked or 3 * y.numel() * w.shape[0] * w.element_size() > self.logits_limit
         with self.autocast():
             out, e = self.model.states(x, z0)
             if chunked:  # its backward recomputes the logits in the parameters' dtype
@@ -81,6 +96,13 @@ class Forward:
             else:
                 nll = self.decode_nll(out, w, b, y)
         return nll.to(z0.dtype), e.to(z0.dtype)
+
+
+def logits_limit_for(device: torch.device) -> int:
+    """`CPU_LOGITS_LIMIT` on a CPU; half the free memory of a GPU."""
+    if device.type != "cuda":
+        return CPU_LOGITS_LIMIT
+    return torch.cuda.mem_get_info(device)[0] // 2
 
 
 def optimizer_kwargs(impl: str) -> dict[str, bool]:

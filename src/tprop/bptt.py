@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tprop.accel import Forward
+from tprop.accel import Forward, chunk_tokens
 from tprop.batching import batchify, n_windows, window
 from tprop.config import Config, ConfigError
 from tprop.methods import theta_update
@@ -33,6 +33,7 @@ class TruncatedBPTT:
         carry_across_epochs: bool = False,
         comm: Comm | None = None,
         forward: Forward | None = None,
+        group: int = 0,
     ):
         self.comm = comm or Comm()
         self.forward = forward or Forward(model)
@@ -44,6 +45,7 @@ class TruncatedBPTT:
         self.carry_across_epochs = carry_across_epochs
         self.n = n_windows(data, k)
         self.state = model.zero_state(self.data.shape[1])
+        self.group = group or self.data.shape[1]  # streams per forward/backward
 
     @classmethod
     def from_config(
@@ -76,6 +78,7 @@ class TruncatedBPTT:
             cfg.carry_across_epochs,
             comm,
             Forward.from_config(model, cfg),
+            max(1, chunk_tokens(cfg, model, model.decoder.weight.device) // cfg.bptt),
         )
 
     def steps(self) -> list[tuple[int, ...]]:
@@ -94,13 +97,21 @@ class TruncatedBPTT:
         x, y = window(self.data, i, self.k)  # (K, S) inputs and targets
         if not self.full_batch:
             self.opt.zero_grad(set_to_none=True)
-        nll, last = self.forward(x, self.state, y)
-        loss = nll / (self.k * self.n_streams)  # mean cross-entropy over the window
-        (loss / self.n if self.full_batch else loss).backward()
+        # A window of many streams (Table 4: up to 16,000) runs a group of streams at a time,
+        # the gradients accumulated: streams are independent, so only memory changes.
+        nlls, lasts = [], []
+        for a in range(0, x.shape[1], self.group):
+            b = a + self.group
+            nll, last = self.forward(x[:, a:b], self.state[a:b], y[:, a:b])
+            loss = nll / (self.k * self.n_streams)  # mean cross-entropy over the window
+            (loss / self.n if self.full_batch else loss).backward()
+            nlls.append(nll.detach())
+            lasts.append(last.detach())  # the truncation: carried, no gradient flows back
         if not self.full_batch or i == self.n - 1:  # full batch: one update from the mean
             theta_update(self.model, self.opt, self.clip, self.comm)
-        self.state = last.detach()  # the truncation: carried, but no gradient flows back
-        return {"nll": nll.detach(), "tokens": self.k * self.n_streams}  # tokens of all ranks
+        self.state = lasts[0] if len(lasts) == 1 else torch.cat(lasts)
+        nll = nlls[0] if len(nlls) == 1 else torch.stack(nlls).sum()
+        return {"nll": nll, "tokens": self.k * self.n_streams}  # tokens of all ranks
 
     def state_dict(self) -> dict[str, Any]:
         """The carried state of all S streams; in full-batch mode also the epoch's gradient

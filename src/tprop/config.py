@@ -169,7 +169,7 @@ class Config:
     )
     chunk_tokens: int = _f(
         0,
-        "tokens per forward chunk (bounds memory in batch mode); 0 = 16384 on a CPU, half "
+        "tokens per forward chunk (bounds the memory of a step); 0 = 16384 on a CPU, half "
         "the free memory on a GPU",
     )
     # --- run --------------------------------------------------------------------------------
