@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import pickle
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -123,7 +124,13 @@ class Comm:
         return self.world > 1
 
     def close(self) -> None:
+        """Leave the process group. On a normal exit the ranks first wait for each other, so
+        none tears down its connections while a peer still uses them (gloo then aborts the
+        peer: "terminate called without an active exception"); while an exception unwinds,
+        a peer may never arrive, so no barrier then."""
         if self.parallel and dist.is_initialized():
+            if sys.exc_info()[0] is None:
+                self._guard(dist.barrier, "barrier")
             dist.destroy_process_group()
 
     # ---- who owns what -------------------------------------------------------------------
