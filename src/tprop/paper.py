@@ -37,8 +37,9 @@ _BLOCK = {"Batch PTB": "left", "Minibatch PTB": "middle", "Minibatch Text8": "ri
 TABLE2_ROWS = ("H-steps = 0", "H-steps = 0 & λ = 0")
 TABLE4_COLS = ("64", "256", "1024", "4096", "16000")
 TABLE4_ROWS = ("training", "test")
-TABLE4_WORD = "WikiText (BPTT, 2-layer LSTM 512, K = 30)"
-TABLE4_CHAR = "Characters (BPTT, 1-layer LSTM 1024, K = 75)"
+TABLE4_WORD = "Words (BPTT)"
+TABLE4_CHAR = "Characters (BPTT)"
+TABLE4_MODEL = {TABLE4_WORD: "2-layer LSTM 512, K = 30", TABLE4_CHAR: "1-layer LSTM 1024, K = 75"}
 _TABLE4_TEXT8 = {  # bits per character
     "training": (1.35, 1.37, 1.36, 1.38, 1.46),
     "test": (1.39, 1.41, 1.42, 1.45, 1.47),

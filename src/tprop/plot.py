@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tprop.report_tables import Table, describe, normalised, setting_key
+from tprop.report_tables import Table, describe, normalised, setting_key, table4_models
 from tprop.runs import ReportError, RunRecord, load_run, to_float
 
 NAME = "plot"
@@ -303,8 +303,9 @@ def table4_figure(tables: list[Table], path: Path) -> bool:
         for i, row in enumerate(t.rows):
             _errorbar(ax, xs, t, row, colors[i], 1 + 0.04 * (i - 0.5))
         chars = "bits per character" in t.title
+        title = f"Table 4: {t.section}\nours: {table4_models(t)}"
         ax.set(xlabel="minibatch size (streams)", xscale="log", xticks=xs,
-               xlim=(min(xs) / 1.5, max(xs) * 1.5), title=f"Table 4: {t.section}",
+               xlim=(min(xs) / 1.5, max(xs) * 1.5), title=title,
                ylabel="bits per character" if chars else "perplexity")  # fmt: skip
         ax.set_xticklabels([str(x) for x in xs])
         ax.minorticks_off()

@@ -345,6 +345,15 @@ def _train_bits(r: RunRecord) -> float | None:
     return None if nll is None else nll / math.log(2)
 
 
+def table4_models(t: Table) -> str:
+    """The models and data sets of a Table 4 section's runs, e.g. "LSTM 2 × 128, K = 30 on
+    wikitext-2"."""
+    every = [r.config for c in t.cells.values() for r in c.runs]
+    datasets = sorted({c.get("dataset", "?") for c in every})
+    models = sorted({f"{c['layers']} × {c['hidden']}, K = {c['bptt']}" for c in every})
+    return f"LSTM {'; '.join(models)} on {', '.join(datasets)}"
+
+
 def table4(placed: dict[str, dict]) -> list[Table]:
     out = []
     for section, cells in placed.items():
@@ -363,12 +372,9 @@ def table4(placed: dict[str, dict]) -> list[Table]:
                 choose(cell, metric)
                 cell.paper = paper.published("table4", section, row, col)
                 cell.comparable = all(r.config.get("dataset") == theirs for r in cell.chosen)
-        every = [r.config for c in t.cells.values() for r in c.runs]
-        datasets = sorted({c.get("dataset", "?") for c in every})
-        models = sorted({f"{c['layers']} × {c['hidden']}, K = {c['bptt']}" for c in every})
         t.notes.append(
-            f"ours: LSTM {'; '.join(models)} on {', '.join(datasets)}; the paper's: "
-            f"{section.split('(BPTT, ')[1].rstrip(')')} on {theirs}: a difference is shown "
+            f"ours: {table4_models(t)}; the paper's: "
+            f"{paper.TABLE4_MODEL[section]} on {theirs}: a difference is shown "
             f"only for {theirs} runs (n/c = not comparable); training = training {unit} of "
             "the best validation epoch"
         )
