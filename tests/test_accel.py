@@ -14,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 from conftest import train_tiny
 from tprop.accel import CPU_CHUNK_TOKENS, chunk_tokens, token_bytes, tokens_that_fit
 from tprop.config import build
+from tprop.objective import decode_nll, fused_decode_nll
 from tprop.presets import resolve
 from tprop.train import build_method, build_model, make_optimizer
 
@@ -83,6 +84,39 @@ def test_optimiser_implementations_give_the_for_loop_theta(optim, impl):
     assert new_nll == pytest.approx(ref_nll, rel=1e-13)
     for k, v in new.items():
         assert torch.allclose(v, ref[k], rtol=1e-12, atol=1e-14), k
+
+
+def test_fused_cross_entropy_is_autograds_linear_and_cross_entropy():
+    """The fused node's NLL and gradients, all three and for an H-step's detached decoder
+    only ∂h, are F.linear + F.cross_entropy's to float64 rounding."""
+    g = torch.Generator().manual_seed(0)
+    hwb = [torch.randn(*s, generator=g, dtype=torch.float64) for s in ((7, 3, 6), (V, 6), (V,))]
+    y = torch.randint(0, V, (7, 3), generator=g)
+    for detached in (False, True):
+        grads = []
+        for fn in (decode_nll, fused_decode_nll):
+            leaves = [t.clone().requires_grad_(i == 0 or not detached) for i, t in enumerate(hwb)]
+            nll = fn(*leaves, y)
+            (0.3 * nll).backward()
+            grads.append((nll.detach(), *(t.grad for t in leaves)))
+        (nll, gh, gw, gb), (fnll, fgh, fgw, fgb) = grads
+        assert torch.allclose(fnll, nll, rtol=1e-13, atol=0)
+        assert torch.allclose(fgh, gh, rtol=1e-12, atol=1e-14)
+        if detached:
+            assert fgw is None and fgb is None
+        else:
+            assert torch.allclose(fgw, gw, rtol=1e-12, atol=1e-14)
+            assert torch.allclose(fgb, gb, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", ["bptt", "admm", "alm"])
+def test_fused_cross_entropy_trains_as_autograd_does(case):
+    ref, ref_nll, _ = steps_of(case, dtype="float64", cross_entropy="autograd")
+    new, new_nll, method = steps_of(case, dtype="float64", cross_entropy="fused")
+    assert method.forward.decode_nll is fused_decode_nll
+    assert new_nll == pytest.approx(ref_nll, rel=1e-12)
+    for k, v in new.items():
+        assert torch.allclose(v, ref[k], rtol=1e-10, atol=1e-12), k
 
 
 def test_batch_mode_does_not_depend_on_the_chunk_size():

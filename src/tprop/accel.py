@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from tprop.objective import decode_nll, decoder_nll_sum
+from tprop.objective import decode_nll, decoder_nll_sum, fused_decode_nll
 
 if TYPE_CHECKING:
     from tprop.config import Config
@@ -51,18 +51,21 @@ class Forward:
         precision: str = "fp32",
         compile_mode: str = "off",
         logits_limit: int | None = None,
+        cross_entropy: str = "fused",
     ):
         self.model = model
         self.bf16 = precision == "bf16"
         self.logits_limit = logits_limit or logits_limit_for(model.decoder.weight.device)
-        self.decode_nll = decode_nll
+        # the fused node is float32/64 eager code: autocast and the compiler get the plain ops
+        fused = cross_entropy == "fused" and not self.bf16 and compile_mode == "off"
+        self.decode_nll = fused_decode_nll if fused else decode_nll
         if compile_mode != "off":
             mode = None if compile_mode == "default" else compile_mode
             self.decode_nll = torch.compile(decode_nll, mode=mode, dynamic=False)
 
     @classmethod
     def from_config(cls, model: RNNLM, cfg: Config) -> Forward:
-        return cls(model, cfg.precision, cfg.compile)
+        return cls(model, cfg.precision, cfg.compile, cross_entropy=cfg.cross_entropy)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.bf16:
@@ -105,9 +108,12 @@ def logits_limit_for(device: torch.device) -> int:
     return torch.cuda.mem_get_info(device)[0] // 2
 
 
-def optimizer_kwargs(impl: str) -> dict[str, bool]:
-    """The keyword arguments of a torch optimiser for ``--optim-impl``."""
-    return {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True},
+def optimizer_kwargs(impl: str, device: torch.device) -> dict[str, bool]:
+    """The keyword arguments of a torch optimiser for ``--optim-impl``; ``auto`` is the fused
+    kernel where torch has one (CPU, CUDA): 3-4 % of a CPU step (docs/performance.md)."""
+    if impl == "auto":
+        impl = "fused" if device.type in ("cpu", "cuda") else "torch"
+    return {"torch": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True},
             "fused": {"fused": True}}[impl]  # fmt: skip
 
 

@@ -156,7 +156,7 @@ class Side:
 
 def alternate(specs: list[dict[str, Any]], ns: argparse.Namespace, label: str) -> dict:
     """Rounds of every side in turn (order flipped each round): per side its median tokens/s,
-    peak memory and last extra; with two sides the median of the per-round ratio a/b."""
+    peak memory and last extra; the median of the per-round ratio a/b of the first two."""
     sides: list[Side] = []
     try:
         sides += [Side(s) for s in specs]
@@ -172,14 +172,14 @@ def alternate(specs: list[dict[str, Any]], ns: argparse.Namespace, label: str) -
     finally:
         peaks = [s.close() for s in sides]
     out = {"rounds": ns.rounds}
-    for i, (spec, key) in enumerate(zip(specs, "ab", strict=False)):
+    for i, (spec, key) in enumerate(zip(specs, "abc", strict=False)):
         out[f"{key}"] = spec["name"]
         out[f"{key}_tokens_per_s"] = statistics.median(rates[i])
         out[f"{key}_peak_mb"], out[f"{key}_setup_mb"] = peaks[i], sides[i].setup_mb
         if extras[i]:
             out[f"{key}_extra"] = extras[i]
-    if len(sides) == 2:
-        out["ratio"] = statistics.median(a / b for a, b in zip(*rates, strict=True))
+    if len(sides) >= 2:
+        out["ratio"] = statistics.median(a / b for a, b in zip(*rates[:2], strict=True))
     return out
 
 
@@ -236,8 +236,10 @@ def bench_plain(ns: argparse.Namespace) -> list[dict[str, Any]]:
         specs = [
             _side(ns, "tprop bptt", "tprop", True, config=_tprop_config(ns, h, "bptt")),
             _side(ns, "plain loop", "plain", ns.plain_tuned, config=cfg),
+            _side(ns, "decoder matmuls alone", "decoder-matmuls", True, config=cfg),
         ]
         rows.append({"hidden": h, **alternate(specs, ns, f"hidden {h}")})
+        rows[-1]["of_ceiling"] = rows[-1]["a_tokens_per_s"] / rows[-1]["c_tokens_per_s"]
     return rows
 
 
@@ -376,7 +378,7 @@ def table(what: str, rows: list[dict[str, Any]]) -> list[str]:
     mb = "peak MB"
     cols = {
         "plain": [("hidden", "{}"), ("a_tokens_per_s", "{:,.0f}"), ("b_tokens_per_s", "{:,.0f}")]
-        + [("ratio", "{:.3f}")],
+        + [("ratio", "{:.3f}"), ("c_tokens_per_s", "{:,.0f}"), ("of_ceiling", "{:.0%}")],
         "tp-cost": [("hidden", "{}"), ("method", "{}"), ("h_steps", "{}")]
         + [("a_tokens_per_s", "{:,.0f}"), ("b_tokens_per_s", "{:,.0f}"), ("ratio", "{:.2f}")]
         + [("target", "≤ {:.2f}")],
@@ -394,6 +396,7 @@ def table(what: str, rows: list[dict[str, Any]]) -> list[str]:
     a, b = rows[0].get("a", ""), rows[0].get("b", "")
     b = "TP" if what == "tp-cost" else b
     names = {"a_tokens_per_s": f"{a} tok/s", "b_tokens_per_s": f"{b} tok/s"}
+    names |= {"c_tokens_per_s": f"{rows[0].get('c', '')} tok/s", "of_ceiling": f"{a} ÷ that"}
     names |= {"ratio": {"tp-cost": "time/token ratio", "eval": "speed-up"}.get(what, "ratio")}
     if what == "switch":
         names |= {"a_tokens_per_s": "with tok/s", "b_tokens_per_s": "without tok/s"}

@@ -126,6 +126,27 @@ def plain_train(side: dict[str, Any]) -> Run:
     return run
 
 
+def decoder_matmuls(side: dict[str, Any]) -> Run:
+    """Only the three decoder matmuls of a training step (logits = h·Wᵀ + b, ∂h = ∂·W,
+    ∂W = (hᵀ·∂)ᵀ) on a window's K × S rows: a floor under any exact float32 step with torch's
+    matmul, so the ceiling of the tokens/s `tprop bench plain` can reach (docs/performance.md)."""
+    c = side["config"]
+    n, d = c["bptt"] * c["batch_size"], c["hidden"]
+    device = torch.device(side["device"])
+    vocab = int(_train_ids(side).max()) + 1
+    h, w = torch.randn(n, d, device=device), torch.randn(vocab, d, device=device)
+    b, grad = torch.zeros(vocab, device=device), torch.randn(n, vocab, device=device)
+
+    def run() -> tuple[int, dict[str, Any]]:
+        for _ in range(side["steps"]):
+            torch.addmm(b, h, w.t())
+            torch.mm(grad, w)
+            torch.mm(h.t(), grad)
+        return side["steps"] * n, {}
+
+    return run
+
+
 def _eval_model(side: dict[str, Any], vocab: int) -> PlainLM:
     torch.manual_seed(side["seed"])
     return PlainLM(vocab, side["hidden"]).to(torch.device(side["device"])).eval()
@@ -175,6 +196,7 @@ SIDES: dict[str, Callable[[dict[str, Any]], Run]] = {
     "tprop-eval": tprop_eval,
     "plain-eval": plain_eval,
     "tprop-profile": tprop_profile,
+    "decoder-matmuls": decoder_matmuls,
 }
 
 

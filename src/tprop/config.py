@@ -209,8 +209,16 @@ class Config:
         "torch.compile the decoder and its cross-entropy (reduce-overhead adds CUDA graphs "
         "on a GPU); the first steps wait for the compiler",
     )
+    cross_entropy: Literal["fused", "autograd"] = _f(
+        "fused",
+        "the decoder and its softmax-cross-entropy as one autograd node whose backward reuses "
+        "the log-softmax for its gradient (fused), or F.linear + F.cross_entropy (autograd; "
+        "always under --precision bf16 or --compile)",
+    )
     optim_impl: Literal["auto", "for-loop", "foreach", "fused"] = _f(
-        "auto", "the θ-optimiser's implementation in torch (auto: torch's choice)"
+        "auto",
+        "the θ-optimiser's implementation in torch (auto: fused on a CPU or CUDA device, "
+        "else torch's choice)",
     )
     progress: bool = _f(True, "show a progress bar")
 

@@ -51,6 +51,35 @@ def decode_nll(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tens
     return nll_sum(F.linear(h, weight, bias).to(weight.dtype), targets)  # float32 under bf16
 
 
+def fused_decode_nll(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+    """`decode_nll` as one autograd node (``--cross-entropy fused``): the backward turns the
+    saved log-softmax into ∂/∂logits = softmax − onehot in place, where autograd's
+    cross-entropy allocates and fills two more (n, V) tensors; ∂W is computed as (hᵀ·∂)ᵀ,
+    the faster of the two layouts of that matmul on a CPU. Equal to `decode_nll` to float
+    rounding (tests/test_accel.py); a gradient only for the inputs that require one."""
+    return _LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), weight, bias, targets.reshape(-1))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, y: Tensor) -> Tensor:
+        logp = torch.log_softmax(torch.addmm(bias, h, weight.t()), -1)  # (n, V)
+        ctx.save_for_backward(h, weight, logp, y)
+        return -logp.gather(1, y[:, None]).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        h, weight, d, y = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        d.exp_()  # the saved log-softmax becomes ∂NLL/∂logits: the graph runs backward once
+        d[torch.arange(len(y), device=d.device), y] -= 1
+        gh = torch.mm(d, weight).mul_(g) if need_h else None
+        gw = torch.mm(h.t(), d).t().mul_(g) if need_w else None
+        gb = d.sum(0).mul_(g) if need_b else None
+        return gh, gw, gb, None
+
+
 LOGITS_BYTES = 16 << 20
 """Size of the logits `decoder_nll_sum` holds at a time: rows of them that stay in a CPU's
 last-level cache, so the softmax reads what the matmul just wrote (docs/performance.md)."""

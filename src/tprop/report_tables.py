@@ -38,6 +38,7 @@ IGNORED = {
     "chunk_tokens",
     "compile",
     "optim_impl",
+    "cross_entropy",
     "nproc",
     "dist_timeout",
 }

@@ -72,7 +72,7 @@ def build_model(cfg: Config, vocab_size: int, device: torch.device) -> RNNLM:
 
 
 def make_optimizer(cfg: Config, model: RNNLM) -> torch.optim.Optimizer:
-    impl = optimizer_kwargs(cfg.optim_impl)
+    impl = optimizer_kwargs(cfg.optim_impl, next(model.parameters()).device)
     if cfg.optim == "adagrad":
         return torch.optim.Adagrad(model.parameters(), lr=cfg.lr, eps=cfg.adagrad_eps, **impl)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, **impl)
