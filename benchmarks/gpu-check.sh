@@ -18,7 +18,7 @@ python -c "import torch; print(torch.__version__, torch.version.cuda)" >> "$OUT/
 
 python -m pytest -q tests/test_accel.py 2>&1 | tail -3 > "$OUT/tests.txt"
 
-for s in compile=reduce-overhead compile=default precision=bf16 optim_impl=fused; do
+for s in compile=reduce-overhead compile=default precision=bf16 optim_impl=for-loop cross_entropy=autograd; do
   tprop bench switch $DATA --device cuda --hidden 200 --method admm --h-steps 1 \
     --steps 50 --rounds 5 --set "$s" --no-progress
 done > "$OUT/switch.md" 2> "$OUT/switch.err"
