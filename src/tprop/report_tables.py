@@ -97,9 +97,10 @@ class Table:
 
 def normalised(config: dict[str, Any]) -> dict[str, Any]:
     """The run's config with defaults for keys older runs lack, 1.0 written as 1, and without
-    the target-propagation switches when the method is BPTT (they mean nothing there)."""
+    what the method does not read: the target-propagation switches for BPTT, the BPTT window
+    for the blocked methods."""
     full = {**Config().to_dict(), **config}
-    drop = tp_only() if full.get("method") == "bptt" else set()
+    drop = tp_only() if full.get("method") == "bptt" else {"bptt"}
     return {
         k: int(v) if isinstance(v, float) and v.is_integer() else v
         for k, v in full.items()
