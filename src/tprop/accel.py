@@ -110,7 +110,7 @@ def logits_limit_for(device: torch.device) -> int:
 
 def optimizer_kwargs(impl: str, device: torch.device) -> dict[str, bool]:
     """The keyword arguments of a torch optimiser for ``--optim-impl``; ``auto`` is the fused
-    kernel where torch has one (CPU, CUDA): 3-4 % of a CPU step (docs/performance.md)."""
+    kernel where torch has one (CPU, CUDA): 2-4 % of a CPU step (docs/performance.md)."""
     if impl == "auto":
         impl = "fused" if device.type in ("cpu", "cuda") else "torch"
     return {"torch": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True},
