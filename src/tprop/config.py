@@ -211,8 +211,8 @@ class Config:
     )
     cross_entropy: Literal["fused", "autograd"] = _f(
         "fused",
-        "the decoder and its softmax-cross-entropy as one autograd node whose backward reuses "
-        "the log-softmax for its gradient (fused), or F.linear + F.cross_entropy (autograd; "
+        "the decoder and its softmax-cross-entropy as one autograd node that computes one "
+        "softmax and reuses it for the gradient (fused), or F.linear + F.cross_entropy (autograd; "
         "always under --precision bf16 or --compile)",
     )
     optim_impl: Literal["auto", "for-loop", "foreach", "fused"] = _f(

@@ -52,30 +52,36 @@ def decode_nll(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tens
 
 
 def fused_decode_nll(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
-    """`decode_nll` as one autograd node (``--cross-entropy fused``): the backward turns the
-    saved log-softmax into ∂/∂logits = softmax − onehot in place, where autograd's
-    cross-entropy allocates and fills two more (n, V) tensors; ∂W is computed as (hᵀ·∂)ᵀ,
-    the faster of the two layouts of that matmul on a CPU. Equal to `decode_nll` to float
-    rounding (tests/test_accel.py); a gradient only for the inputs that require one."""
+    """`decode_nll` as one autograd node (``--cross-entropy fused``): the forward keeps the
+    softmax p, the backward turns it into ∂/∂logits = p − onehot in place, where autograd's
+    cross-entropy keeps the log-softmax and allocates and fills two more (n, V) tensors;
+    ∂W is computed as (hᵀ·∂)ᵀ, the faster of the two layouts of that matmul on a CPU. Equal
+    to `decode_nll` to float rounding (tests/test_accel.py); a gradient only for the inputs
+    that require one."""
     return _LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), weight, bias, targets.reshape(-1))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
+    """One exponential per logit: the NLL comes from the softmax itself. A row's largest p is
+    e⁰/Σ e^(z − max z), so log Σ e^z = max z − log max p, and −log p(y) = max z − log max p
+    − z_y: no underflow where p(y) does (max p ≥ 1/V), no second pass of exp."""
+
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, y: Tensor) -> Tensor:
-        logp = torch.log_softmax(torch.addmm(bias, h, weight.t()), -1)  # (n, V)
-        ctx.save_for_backward(h, weight, logp, y)
-        return -logp.gather(1, y[:, None]).sum()
+        z = torch.addmm(bias, h, weight.t())  # (n, V)
+        top, zy = z.amax(1), z.gather(1, y[:, None]).squeeze(1)
+        p = torch.softmax(z, -1)
+        ctx.save_for_backward(h, weight, p, y)
+        return (top - p.amax(1).log() - zy).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):
         h, weight, d, y = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        d.exp_()  # the saved log-softmax becomes ∂NLL/∂logits: the graph runs backward once
-        d[torch.arange(len(y), device=d.device), y] -= 1
+        d[torch.arange(len(y), device=d.device), y] -= 1  # p becomes ∂NLL/∂logits in place
         gh = torch.mm(d, weight).mul_(g) if need_h else None
-        gw = torch.mm(h.t(), d).t().mul_(g) if need_w else None
+        gw = torch.mm(h.t() * g, d).t() if need_w else None  # g scales the small operand
         gb = d.sum(0).mul_(g) if need_b else None
         return gh, gw, gb, None
 
