@@ -4,7 +4,7 @@ Each top-level event of the step's thread (an operator called from Python, or an
 of the backward) is put in one bin:
 
 - ``decoder``: decoder and softmax–cross-entropy: any event whose operators see the vocabulary
-  dimension V (the decoder matmuls of forward and backward, log-softmax, NLL, their backward);
+  dimension V (the decoder matmuls of forward and backward, softmax, NLL, their backward);
 - ``optimizer``: the θ-update: `Optimizer.*` regions and the global-norm clip's operators;
 - ``recurrence``: every other operator: the cell, the embedding, the state algebra of target
   propagation (H-steps' Adagrad on Z, residuals, penalty);
@@ -72,8 +72,9 @@ def profiled(run, vocab: int):
         ):
             run()
         extra["profiled_s"] = time.perf_counter() - t0
-        main = [e for e in prof.events() if e.cpu_parent is None and e.thread == _main(prof)]
-        bins = classify(main, vocab)
+        top = [e for e in prof.events() if e.cpu_parent is None]  # events() builds a tree: once
+        main = _main(top)
+        bins = classify([e for e in top if e.thread == main], vocab)
         bins["python"] = max(0.0, extra["profiled_s"] - sum(bins.values()))
         return tokens, extra | bins
 
@@ -93,12 +94,11 @@ def _quiet_stderr():
         os.close(null)
 
 
-def _main(prof: Any) -> int:
+def _main(top: list[Any]) -> int:
     """The thread that ran the step: the one with the most top-level time."""
     per: dict[int, float] = {}
-    for e in prof.events():
-        if e.cpu_parent is None:
-            per[e.thread] = per.get(e.thread, 0.0) + e.cpu_time_total
+    for e in top:
+        per[e.thread] = per.get(e.thread, 0.0) + e.cpu_time_total
     return max(per, key=per.__getitem__)
 
 
