@@ -109,6 +109,23 @@ def test_fused_cross_entropy_is_autograds_linear_and_cross_entropy():
             assert torch.allclose(fgb, gb, rtol=1e-12, atol=1e-14)
 
 
+def test_fused_cross_entropy_where_the_target_probability_underflows():
+    """float32: a target 150 nats below the rest has p(y) = e^-150 → 0; the NLL (150 +
+    log Σ) must still come out, as autograd's log-softmax gives it, not inf, and the gradient
+    stays softmax − onehot."""
+    h = torch.eye(4)[:2]  # two rows, hidden 4: the logits are the decoder's first two columns
+    w, b = torch.zeros(V, 4), torch.zeros(V)
+    w[3, 0], w[5, 1] = -150.0, 80.0  # row 0: its target (3) far below; row 1: one logit far above
+    y = torch.tensor([3, 0])
+    ref = decode_nll(h, w, b, y)
+    hh = h.clone().requires_grad_()
+    got = fused_decode_nll(hh, w, b, y)
+    got.backward()
+    assert torch.isfinite(got) and got.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert got.item() > 150 + 80
+    assert torch.isfinite(hh.grad).all()
+
+
 @pytest.mark.parametrize("case", ["bptt", "admm", "alm"])
 def test_fused_cross_entropy_trains_as_autograd_does(case):
     ref, ref_nll, _ = steps_of(case, dtype="float64", cross_entropy="autograd")
