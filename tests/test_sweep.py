@@ -183,6 +183,7 @@ def test_dry_run_print_commands_filter_seeds_set(tmp_path, capsys):
         (["{grid}", "--filter", "method=alm"], "keeps none of the 3 runs"),
         (["{grid}", "--filter", "colour=red"], "'colour' is not a `tprop train` setting"),
         (["{grid}", "--seeds", "x"], "--seeds 'x'"),
+        (["{grid}", "--seeds", "3333"], "for the one seed 3333 write --seeds 3333,"),
         (["{grid}", "--jobs", "0"], "--jobs must be >= 1"),
         (["{grid}", "--set", "lr=-1"], "run admm_B5_h1_s1: --lr must be a positive number"),
     ],

@@ -97,6 +97,9 @@ def parse_literal(text: str) -> Any:
         return text
 
 
+MAX_SEED_COUNT = 100
+
+
 def parse_seeds(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     if text is None:
         return default
@@ -104,7 +107,13 @@ def parse_seeds(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
         if "," in text:
             seeds = tuple(int(s) for s in text.split(",") if s.strip())
         else:
-            seeds = tuple(1111 * k for k in range(1, int(text) + 1))
+            count = int(text)
+            if count > MAX_SEED_COUNT:  # `--seeds 3333` meant the seed, not 3333 runs a cell
+                raise GridError(
+                    f"--seeds {text} is a count of {count} seeds per cell; for the one seed "
+                    f"{text} write --seeds {text}, (a comma list)"
+                )
+            seeds = tuple(1111 * k for k in range(1, count + 1))
     except ValueError:
         raise GridError(f"--seeds {text!r}: give a count (3) or a comma list (1111,2222)") from None
     if not seeds or len(set(seeds)) != len(seeds):
