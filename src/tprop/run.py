@@ -248,6 +248,7 @@ def provenance(device: torch.device) -> dict[str, Any]:
         "device": device_name(device),
         "tprop_version": __version__,
         "git_commit": git_commit(),
+        "source_sha256": source_sha256(),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
     }

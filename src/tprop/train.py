@@ -118,6 +118,9 @@ class Progress:
     train_s: float = 0.0
     train_tokens: int = 0
     stop_reason: str | None = None
+    # the code of the first start and of every resume that ran other code (git commit and
+    # source sha256, as in summary.json): a run resumed across commits says so
+    code: list[dict[str, str | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -255,6 +258,9 @@ def start_run(run: Run, device: torch.device, source: str) -> None:
     """Restore a resumed run, write config.json, open the metrics and say what runs."""
     cfg, folder = run.cfg, run.folder
     saved = run.restore(device) if cfg.resume else None
+    here = {k: run.origin.get(k) for k in ("git_commit", "source_sha256")}
+    if run.prog.code[-1:] != [here]:
+        run.prog.code.append(here)
     if folder is None:  # a rank other than 0: it logs nothing
         run.sink = MetricsSink(None, echo=False)
         return
@@ -273,7 +279,7 @@ def start_run(run: Run, device: torch.device, source: str) -> None:
         sink.line(f"note: {note}")
     if saved is not None:
         sink.line(f"resuming at epoch {run.prog.epoch}, step {run.prog.step}")
-        sink.log("resume", epoch=run.prog.epoch, step=run.prog.step)
+        sink.log("resume", epoch=run.prog.epoch, step=run.prog.step, **here)
 
 
 def train_epoch(run: Run, stop: StopSignals, device: torch.device) -> None:
@@ -398,6 +404,7 @@ def finish(run: Run, test_ids: Tensor | None, device: torch.device, t_start: flo
         "train_tokens_per_s": prog.train_tokens / prog.train_s if prog.train_s else None,
         "train_s": prog.train_s,
         **run.origin,
+        "code_history": prog.code,
     }
     if run.folder is None:  # ranks other than 0: rank 0 scores the test split and reports
         return summary
