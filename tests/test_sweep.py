@@ -185,6 +185,7 @@ def test_dry_run_print_commands_filter_seeds_set(tmp_path, capsys):
         (["{grid}", "--seeds", "x"], "--seeds 'x'"),
         (["{grid}", "--seeds", "3333"], "for the one seed 3333 write --seeds 3333,"),
         (["{grid}", "--jobs", "0"], "--jobs must be >= 1"),
+        (["{grid}", "--time-limit", "5d"], "--time-limit '5d': give a duration such as 90s"),
         (["{grid}", "--set", "lr=-1"], "run admm_B5_h1_s1: --lr must be a positive number"),
     ],
 )
@@ -310,6 +311,29 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_exactly(tmp_path, tiny_data)
     assert plain.returncode == 0, plain.stderr
     assert summary(run) == summary(ref)
     assert epochs(run) == epochs(ref)
+
+
+def test_time_limit_checkpoints_the_runs_and_a_rerun_resumes(tmp_path, tiny_data, capsys):
+    """--time-limit acts as a SIGTERM at that wall time: each running run checkpoints, the
+    rest do not start, the sweep exits 124, and the same command resumes."""
+    grid = write_grid(
+        tmp_path,
+        TINY.replace("epochs = 2", "epochs = 100000\npatience = 0\ncheckpoint_every = 0.0005"),
+    )  # runs far longer than the limit
+    out = tmp_path / "out"
+    args = [grid, "--out", out, "--data-dir", tiny_data, "--device", "cpu", "--jobs", "2"]
+    assert sweep(*args, "--time-limit", "8s") == 124
+    err = capsys.readouterr().err
+    assert "sweep stopped at its --time-limit (8s): 2 runs checkpointed, 1 not started" in err
+    states = {
+        n: r["state"] for n, r in json.loads((out / "sweep.json").read_text())["runs"].items()
+    }
+    assert sorted(states.values()) == ["interrupted", "interrupted", "pending"], states
+    started = [n for n, st in states.items() if st == "interrupted"]
+    assert all((out / n / "checkpoint.pt").is_file() for n in started)
+    assert sweep(*args, "--dry-run") == 0
+    plan = capsys.readouterr().out
+    assert all(f"resume          {n}" in plan for n in started) and "1 to start" in plan
 
 
 def write_tiny_text8(root: Path, n_train: int = 3000, n_valid: int = 400) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from tprop.grids import Grid, GridError, Run
 
 NAME = "sweep"
 FAILED_EXIT = 1  # some run failed (the others finished)
+TIME_LIMIT_EXIT = 124  # --time-limit reached: runs checkpointed, rerun to continue (as `timeout`)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="a `tprop train` setting for every run, e.g. epochs=2; repeatable",
     )
+    p.add_argument(
+        "--time-limit",
+        metavar="DURATION",
+        help="stop after this wall time (90s, 50m, 2h, 1h30m): running runs checkpoint, "
+        "the sweep exits 124, the same command continues [default: none]",
+    )
     p.add_argument("--data-dir", help="folder holding <dataset>/ files, passed to every run")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N, passed to every run")
     p.add_argument(
@@ -85,6 +93,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------- options
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90', '90s', '50m', '2h', '1h30m' → seconds (None: no limit)."""
+    if text is None:
+        return None
+    number = r"(\d+(?:\.\d*)?)"
+    parts = re.fullmatch(rf"(?:{number}h)?(?:{number}m)?(?:{number}s?)?", text.strip())
+    if parts is None or not any(parts.groups()):
+        raise GridError(f"--time-limit {text!r}: give a duration such as 90s, 50m, 2h or 1h30m")
+    h, m, sec = (float(x) if x else 0.0 for x in parts.groups())
+    seconds = 3600 * h + 60 * m + sec
+    if seconds <= 0:
+        raise GridError(f"--time-limit {text!r}: must be more than 0")
+    return seconds
 
 
 def parse_literal(text: str) -> Any:
@@ -329,6 +352,7 @@ def run(ns: argparse.Namespace) -> int:
         return 0
     if ns.jobs < 1:
         raise GridError(f"--jobs must be >= 1 (got {ns.jobs})")
+    limit = parse_duration(ns.time_limit)
     runs = grid.runs(parse_seeds(ns.seeds, grid.seeds))
     extra = parse_set(ns.set, runs)
     grids.check_values(grid, runs, {**extra, "device": ns.device or "auto"})
@@ -350,7 +374,7 @@ def run(ns: argparse.Namespace) -> int:
         write_json(manifest.path, manifest.data)
         from tprop.sweep_runner import Runner
 
-        return Runner(grid.name, jobs, manifest, ns.jobs, child_env(ns.jobs)).run()
+        return Runner(grid.name, jobs, manifest, ns.jobs, child_env(ns.jobs), limit).run()
 
 
 def dry_run(grid: Grid, jobs: list[Job], out: Path) -> int:

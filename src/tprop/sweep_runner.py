@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tprop.sweep import FAILED_EXIT, Job, Manifest
+from tprop.sweep import FAILED_EXIT, TIME_LIMIT_EXIT, Job, Manifest
 
 POLL_S = 0.1
 INTERRUPTED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
@@ -62,7 +62,13 @@ def _die_with_sweep() -> None:  # pragma: no cover - runs in the child before ex
 
 class Runner:
     def __init__(
-        self, grid: str, jobs: list[Job], manifest: Manifest, n_jobs: int, env: dict[str, str]
+        self,
+        grid: str,
+        jobs: list[Job],
+        manifest: Manifest,
+        n_jobs: int,
+        env: dict[str, str],
+        time_limit: float | None = None,
     ):
         self.todo = [j for j in jobs if j.state != "done"]
         self.total, self.n_jobs, self.env, self.manifest = len(jobs), n_jobs, env, manifest
@@ -72,11 +78,15 @@ class Runner:
         self.failed: list[str] = []
         self.active: dict[str, Active] = {}
         self.durations: list[float] = []
-        self.signum: int | None = None
+        self.signum: int | None = None  # a SIGINT/SIGTERM the sweep got
+        self.time_limit, self.timed_out = time_limit, False
 
     # ---- signals
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
+        self._pass_on(signum)
+
+    def _pass_on(self, signum: int) -> None:
         for a in self.active.values():
             with contextlib.suppress(ProcessLookupError):
                 a.proc.send_signal(signum)
@@ -100,14 +110,21 @@ class Runner:
             f"{self.total} runs, {skipped} already finished, {len(self.todo)} to do, "
             f"{self.n_jobs} at a time"
         )
+        t0 = time.time()
         with self._signals():
-            while (self.todo and self.signum is None) or self.active:
-                while self.todo and self.signum is None and len(self.active) < self.n_jobs:
+            while (self.todo and not self._stopping()) or self.active:
+                while self.todo and not self._stopping() and len(self.active) < self.n_jobs:
                     self._launch(self.todo.pop(0))
                 time.sleep(POLL_S)
+                if self.time_limit and not self._stopping() and time.time() - t0 >= self.time_limit:
+                    self.timed_out = True  # as a SIGTERM: the runs checkpoint and stop
+                    self._pass_on(signal.SIGTERM)
                 for name in [n for n, a in self.active.items() if a.proc.poll() is not None]:
                     self._reap(self.active.pop(name))
         return self._finish()
+
+    def _stopping(self) -> bool:
+        return self.signum is not None or self.timed_out
 
     def _launch(self, job: Job) -> None:
         job.folder.mkdir(parents=True, exist_ok=True)
@@ -166,14 +183,18 @@ class Runner:
         )
 
     def _finish(self) -> int:
-        if self.signum is not None:
-            name = signal.Signals(self.signum).name
+        if self._stopping() and (self.counts["interrupted"] or self.todo):
+            why = (
+                f"by {signal.Signals(self.signum).name}"
+                if self.signum is not None
+                else f"at its --time-limit ({fmt_duration(self.time_limit)})"
+            )
             print(
-                f"sweep stopped by {name}: {self.counts['interrupted']} runs checkpointed, "
+                f"sweep stopped {why}: {self.counts['interrupted']} runs checkpointed, "
                 f"{len(self.todo)} not started; run the same command again to continue",
                 file=sys.stderr,
             )
-            return 128 + self.signum
+            return 128 + self.signum if self.signum is not None else TIME_LIMIT_EXIT
         summary = (
             f"sweep {self.grid}: {self.done}/{self.total} runs finished "
             f"({self.counts['diverged']} diverged)"
