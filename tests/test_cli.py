@@ -142,16 +142,17 @@ def test_resume_continues_after_the_last_epoch(tiny_data, tmp_path):
     full = json.loads((out / "summary.json").read_text())
     here = {k: full[k] for k in ("git_commit", "source_sha256")}
     assert full["code_history"] == [here] and len(here["source_sha256"]) == 64
-    # as if the first two epochs had run on other code: the resume adds this code to the history
+    # as if a version from before the code history had written the checkpoint, and a newer one
+    # a field this one does not know: the resume says the first code is unknown, then adds its own
     state = checkpoint.load(out / "checkpoint.pt")
-    before = {"git_commit": "0" * 40, "source_sha256": "f" * 64}
-    state["progress"]["code"] = [before]
+    del state["progress"]["code"]
+    state["progress"]["a_later_field"] = 1
     checkpoint.save(state, out / "checkpoint.pt")
     # the run's own config.json is the base: --out, --resume and a changed budget suffice
     assert main(["train", "--out", str(out), "--resume", "--epochs", "3"]) == 0
     more = json.loads((out / "summary.json").read_text())
     assert more["epochs"] == 3 and more["valid_ppl_history"][:2] == full["valid_ppl_history"]
-    assert more["code_history"] == [before, here]
+    assert more["code_history"] == [{"git_commit": None, "source_sha256": None}, here]
 
 
 def test_data_commands(tiny_data, capsys):

@@ -1,5 +1,6 @@
 """The run folder and everything around a run that is not training: one writer (a lock), the
-files a run leaves, signals, and where the run happened (git commit, device, versions).
+files a run leaves, where a run stands (`Progress`, saved in each checkpoint), signals, and
+where the run happened (git commit, device, versions).
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl``, ``summary.json``
 and ``checkpoint.pt``. It is checked before anything is written (a bad flag or a missing file
@@ -10,6 +11,7 @@ the process ends however it ends, so a killed run never blocks its own ``--resum
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -18,10 +20,12 @@ import os
 import signal
 import subprocess
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from tprop import __version__, checkpoint
 from tprop.config import Config, ConfigError
@@ -208,6 +212,38 @@ class StopSignals:
         )
 
 
+# ---- where a run stands -------------------------------------------------------------------
+CODE_KEYS = ("git_commit", "source_sha256")  # the code a run ran, as `provenance` names it
+
+
+@dataclass
+class Progress:
+    """Where a run stands. Saved in every checkpoint, so --resume continues exactly."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    step: int = 0  # the next step of that epoch (data position)
+    sums: dict[str, Tensor] = field(default_factory=dict)  # this epoch's accumulators
+    epoch_tokens: int = 0
+    epoch_s: float = 0.0
+    best_ppl: float = math.inf
+    best_epoch: int = 0
+    history: list[float] = field(default_factory=list)
+    train_s: float = 0.0
+    train_tokens: int = 0
+    stop_reason: str | None = None
+    code: list[dict[str, str | None]] = field(default_factory=list)  # `record_code`
+
+    @classmethod
+    def restore(cls, saved: dict[str, Any]) -> Progress:
+        """A checkpoint's progress: fields this version does not know (a newer version's) are
+        dropped; a checkpoint from before the code history gets one entry of unknown code, so
+        its history does not claim the run started on this code."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        out = {k: v for k, v in saved.items() if k in known}
+        out.setdefault("code", [dict.fromkeys(CODE_KEYS)])
+        return cls(**out)
+
+
 # ---- provenance ---------------------------------------------------------------------------
 def git_commit() -> str | None:
     """The commit of the code that runs: from git in a checkout, else from $TPROP_GIT_COMMIT
@@ -235,6 +271,16 @@ def source_sha256() -> str:
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def record_code(history: list[dict[str, str | None]], origin: dict[str, Any]) -> dict:
+    """Append the code this process runs (`provenance`'s commit and source sha256) to a run's
+    history unless it is the last entry already: the first start, then every resume on
+    another commit or other sources. Returns the entry."""
+    here = {k: origin.get(k) for k in CODE_KEYS}
+    if history[-1:] != [here]:
+        history.append(here)
+    return here
 
 
 def device_name(device: torch.device) -> str:

@@ -38,7 +38,16 @@ from tprop.metrics import MetricsSink, fmt_ppl, progress
 from tprop.model import RNNLM
 from tprop.objective import bits_per_token, perplexity
 from tprop.parallel import Comm, owned_folder, resume_after_restart
-from tprop.run import Diverged, RunError, RunFolder, StopSignals, check_resumable, provenance
+from tprop.run import (
+    Diverged,
+    Progress,
+    RunError,
+    RunFolder,
+    StopSignals,
+    check_resumable,
+    provenance,
+    record_code,
+)
 
 
 # ---- set-up ------------------------------------------------------------------------------
@@ -104,26 +113,6 @@ def limited(corpus, cfg: Config) -> tuple[Tensor, Tensor, Tensor | None]:
 
 # ---- run state ---------------------------------------------------------------------------
 @dataclass
-class Progress:
-    """Where a run stands. Saved in every checkpoint, so --resume continues exactly."""
-
-    epoch: int = 1  # the epoch in progress (1-based)
-    step: int = 0  # the next step of that epoch (data position)
-    sums: dict[str, Tensor] = field(default_factory=dict)  # this epoch's accumulators
-    epoch_tokens: int = 0
-    epoch_s: float = 0.0
-    best_ppl: float = math.inf
-    best_epoch: int = 0
-    history: list[float] = field(default_factory=list)
-    train_s: float = 0.0
-    train_tokens: int = 0
-    stop_reason: str | None = None
-    # the code of the first start and of every resume that ran other code (git commit and
-    # source sha256, as in summary.json): a run resumed across commits says so
-    code: list[dict[str, str | None]] = field(default_factory=list)
-
-
-@dataclass
 class Run:
     """What the loop works on: the built objects and where the run stands."""
 
@@ -176,7 +165,7 @@ class Run:
         self.opt.load_state_dict(saved["optimizer"])
         self.method.load_state_dict(saved["method"])
         checkpoint.set_rng_state(saved["rng"])
-        self.prog = Progress(**saved["progress"])
+        self.prog = Progress.restore(saved["progress"])
         return saved
 
 
@@ -258,9 +247,7 @@ def start_run(run: Run, device: torch.device, source: str) -> None:
     """Restore a resumed run, write config.json, open the metrics and say what runs."""
     cfg, folder = run.cfg, run.folder
     saved = run.restore(device) if cfg.resume else None
-    here = {k: run.origin.get(k) for k in ("git_commit", "source_sha256")}
-    if run.prog.code[-1:] != [here]:
-        run.prog.code.append(here)
+    here = record_code(run.prog.code, run.origin)
     if folder is None:  # a rank other than 0: it logs nothing
         run.sink = MetricsSink(None, echo=False)
         return
