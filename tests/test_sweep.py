@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,9 @@ import pytest
 
 from tprop import grids
 from tprop.cli import main
-from tprop.sweep import flags
+from tprop.grids import GridError
+from tprop.sweep import flags, parse_duration
+from tprop.sweep_runner import Runner
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = """
@@ -313,27 +316,46 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_exactly(tmp_path, tiny_data)
     assert epochs(run) == epochs(ref)
 
 
-def test_time_limit_checkpoints_the_runs_and_a_rerun_resumes(tmp_path, tiny_data, capsys):
-    """--time-limit acts as a SIGTERM at that wall time: each running run checkpoints, the
-    rest do not start, the sweep exits 124, and the same command resumes."""
+def test_time_limit_checkpoints_the_runs_and_a_rerun_resumes(
+    tmp_path, tiny_data, capsys, monkeypatch
+):
+    """--time-limit acts as a SIGTERM at that time: each running run checkpoints, the rest do
+    not start, the sweep exits 124, and the same command resumes. The sweep's clock is made to
+    pass the limit once both runs have a checkpoint, so the test waits on the runs, not on
+    a guess of how long they take to start."""
     grid = write_grid(
         tmp_path,
-        TINY.replace("epochs = 2", "epochs = 100000\npatience = 0\ncheckpoint_every = 0.0005"),
-    )  # runs far longer than the limit
+        TINY.replace("epochs = 2", "epochs = 200\npatience = 0\ncheckpoint_every = 0.0005"),
+    )  # minutes of runs; were the limit ignored, they would end by themselves and exit 0
     out = tmp_path / "out"
+    started = ["admm_B5_h1_s1", "admm_B5_h2_s1"]  # the first two of the grid, --jobs 2
+    both_saved = lambda: all((out / n / "checkpoint.pt").is_file() for n in started)  # noqa: E731
+    monkeypatch.setattr(Runner, "clock", staticmethod(lambda: math.inf if both_saved() else 0.0))
     args = [grid, "--out", out, "--data-dir", tiny_data, "--device", "cpu", "--jobs", "2"]
-    assert sweep(*args, "--time-limit", "8s") == 124
+    assert sweep(*args, "--time-limit", "1h") == 124
     err = capsys.readouterr().err
-    assert "sweep stopped at its --time-limit (8s): 2 runs checkpointed, 1 not started" in err
+    assert "sweep stopped at its --time-limit (1h00m): 2 runs checkpointed, 1 not started" in err
     states = {
         n: r["state"] for n, r in json.loads((out / "sweep.json").read_text())["runs"].items()
     }
-    assert sorted(states.values()) == ["interrupted", "interrupted", "pending"], states
-    started = [n for n, st in states.items() if st == "interrupted"]
-    assert all((out / n / "checkpoint.pt").is_file() for n in started)
+    assert states == dict.fromkeys(started, "interrupted") | {"bptt_K5_s1": "pending"}
     assert sweep(*args, "--dry-run") == 0
     plan = capsys.readouterr().out
     assert all(f"resume          {n}" in plan for n in started) and "1 to start" in plan
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90", 90), ("90s", 90), ("50m", 3000), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400)],
+)
+def test_time_limit_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["1h30", "m", "", "-3", "0", "5d", "2h 30m"])
+def test_time_limit_refuses_what_it_cannot_read_unambiguously(text):
+    with pytest.raises(GridError, match="--time-limit"):
+        parse_duration(text)
 
 
 def write_tiny_text8(root: Path, n_train: int = 3000, n_valid: int = 400) -> tuple[int, int]:

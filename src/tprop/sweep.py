@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,15 +97,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_duration(text: str | None) -> float | None:
-    """'90', '90s', '50m', '2h', '1h30m' → seconds (None: no limit)."""
+    """'90' (seconds), '90s', '50m', '2h', '1h30m' → seconds (None: no limit). Every part of a
+    compound duration takes its unit: '1h30' is refused rather than read as 1 h 30 s."""
     if text is None:
         return None
     number = r"(\d+(?:\.\d*)?)"
-    parts = re.fullmatch(rf"(?:{number}h)?(?:{number}m)?(?:{number}s?)?", text.strip())
+    bare = re.fullmatch(number, text.strip())
+    parts = bare or re.fullmatch(rf"(?:{number}h)?(?:{number}m)?(?:{number}s)?", text.strip())
     if parts is None or not any(parts.groups()):
-        raise GridError(f"--time-limit {text!r}: give a duration such as 90s, 50m, 2h or 1h30m")
-    h, m, sec = (float(x) if x else 0.0 for x in parts.groups())
-    seconds = 3600 * h + 60 * m + sec
+        raise GridError(
+            f"--time-limit {text!r}: give a duration such as 90s, 50m, 2h or 1h30m "
+            "(a bare number is seconds)"
+        )
+    values = [float(x) if x else 0.0 for x in parts.groups()]
+    seconds = values[0] if bare else 3600 * values[0] + 60 * values[1] + values[2]
     if seconds <= 0:
         raise GridError(f"--time-limit {text!r}: must be more than 0")
     return seconds
@@ -346,6 +352,7 @@ def folder_lock(out: Path):
 
 
 def run(ns: argparse.Namespace) -> int:
+    started = time.monotonic()  # --time-limit counts from here
     grid = grids.find(ns.grid)
     if ns.show:
         print(grids.to_toml(grid), end="")
@@ -374,7 +381,8 @@ def run(ns: argparse.Namespace) -> int:
         write_json(manifest.path, manifest.data)
         from tprop.sweep_runner import Runner
 
-        return Runner(grid.name, jobs, manifest, ns.jobs, child_env(ns.jobs), limit).run()
+        runner = Runner(grid.name, jobs, manifest, ns.jobs, child_env(ns.jobs))
+        return runner.run(None if limit is None else (started + limit, limit))
 
 
 def dry_run(grid: Grid, jobs: list[Job], out: Path) -> int:

@@ -2,15 +2,17 @@
 
 A run ends finished (exit 0), diverged (exit 3: a result, with summary.json), interrupted
 (130/143: checkpointed, resumable) or failed (anything else; its output is in its stdout.log).
-Runs start in their own session, so a terminal's Ctrl-C reaches only the sweep, which passes
-each SIGINT/SIGTERM it gets to every running run exactly once: the first makes a run
-checkpoint and stop, a second stops it at once. On Linux a run also gets SIGTERM when the sweep
-dies without passing anything on (SIGKILL).
+Runs start in their own session, so a terminal's Ctrl-C reaches only the sweep. The first
+SIGINT/SIGTERM it gets, or --time-limit (as a SIGTERM), is passed to every running run, which
+checkpoints and stops; any signal after that kills the runs at once (each keeps its last
+checkpoint). On Linux a run also gets SIGTERM when the sweep dies without passing anything on
+(SIGKILL).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import shlex
 import signal
 import subprocess
@@ -23,6 +25,8 @@ from typing import IO, Any
 from tprop.sweep import FAILED_EXIT, TIME_LIMIT_EXIT, Job, Manifest
 
 POLL_S = 0.1
+LAUNCH_MARGIN_S = 10.0
+"""No run starts this close to --time-limit: it would stop before its first checkpoint."""
 INTERRUPTED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
 
 
@@ -61,14 +65,10 @@ def _die_with_sweep() -> None:  # pragma: no cover - runs in the child before ex
 
 
 class Runner:
+    clock = staticmethod(time.monotonic)  # what --time-limit is measured with
+
     def __init__(
-        self,
-        grid: str,
-        jobs: list[Job],
-        manifest: Manifest,
-        n_jobs: int,
-        env: dict[str, str],
-        time_limit: float | None = None,
+        self, grid: str, jobs: list[Job], manifest: Manifest, n_jobs: int, env: dict[str, str]
     ):
         self.todo = [j for j in jobs if j.state != "done"]
         self.total, self.n_jobs, self.env, self.manifest = len(jobs), n_jobs, env, manifest
@@ -78,15 +78,21 @@ class Runner:
         self.failed: list[str] = []
         self.active: dict[str, Active] = {}
         self.durations: list[float] = []
-        self.signum: int | None = None  # a SIGINT/SIGTERM the sweep got
-        self.time_limit, self.timed_out = time_limit, False
+        self.stop: str | None = None  # why the sweep stops early ("by SIGINT", …)
+        self.stop_code = 0
+        self.checkpointed = 0  # interrupted runs that have a checkpoint to resume from
 
     # ---- signals
     def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        self._pass_on(signum)
+        self._stop(f"by {signal.Signals(signum).name}", 128 + signum, signum)
 
-    def _pass_on(self, signum: int) -> None:
+    def _stop(self, why: str, code: int, signum: int) -> None:
+        """The first stop (a signal or the time limit) asks each run to checkpoint and stop;
+        any later signal stops them at once (each keeps its last checkpoint)."""
+        if self.stop is None:
+            self.stop, self.stop_code = why, code
+        else:
+            signum = signal.SIGKILL
         for a in self.active.values():
             with contextlib.suppress(ProcessLookupError):
                 a.proc.send_signal(signum)
@@ -104,27 +110,33 @@ class Runner:
                 signal.signal(sig, handler)
 
     # ---- the loop
-    def run(self) -> int:
-        skipped = self.done
+    def run(self, limit: tuple[float, float] | None = None) -> int:
+        """Run the jobs; `limit` is (deadline on `clock`, its length in seconds)."""
+        deadline = limit[0] if limit else math.inf
         self._say(
-            f"{self.total} runs, {skipped} already finished, {len(self.todo)} to do, "
+            f"{self.total} runs, {self.done} already finished, {len(self.todo)} to do, "
             f"{self.n_jobs} at a time"
         )
-        t0 = time.time()
         with self._signals():
-            while (self.todo and not self._stopping()) or self.active:
-                while self.todo and not self._stopping() and len(self.active) < self.n_jobs:
+            while (self.todo and self.stop is None) or self.active:
+                now = self.clock()
+                if limit and now >= deadline and self.stop is None:  # as a SIGTERM
+                    self._stop(
+                        f"at its --time-limit ({fmt_duration(limit[1])})",
+                        TIME_LIMIT_EXIT,
+                        signal.SIGTERM,
+                    )
+                while (
+                    self.todo
+                    and self.stop is None
+                    and len(self.active) < self.n_jobs
+                    and now < deadline - LAUNCH_MARGIN_S
+                ):
                     self._launch(self.todo.pop(0))
                 time.sleep(POLL_S)
-                if self.time_limit and not self._stopping() and time.time() - t0 >= self.time_limit:
-                    self.timed_out = True  # as a SIGTERM: the runs checkpoint and stop
-                    self._pass_on(signal.SIGTERM)
                 for name in [n for n, a in self.active.items() if a.proc.poll() is not None]:
                     self._reap(self.active.pop(name))
         return self._finish()
-
-    def _stopping(self) -> bool:
-        return self.signum is not None or self.timed_out
 
     def _launch(self, job: Job) -> None:
         job.folder.mkdir(parents=True, exist_ok=True)
@@ -159,7 +171,13 @@ class Runner:
             what = f"{state} {name} ({fmt_duration(time.time() - a.t0)})"
         elif rc in INTERRUPTED:
             state = "interrupted"
-            what = f"interrupted {name}: checkpointed, resumes on the next sweep"
+            saved = (a.job.folder / "checkpoint.pt").is_file()
+            self.checkpointed += saved
+            what = f"interrupted {name}: " + (
+                "checkpointed, resumes on the next sweep"
+                if saved
+                else "stopped before its first checkpoint, starts again on the next sweep"
+            )
         else:
             state = "failed"
             self.failed.append(name)
@@ -183,18 +201,16 @@ class Runner:
         )
 
     def _finish(self) -> int:
-        if self._stopping() and (self.counts["interrupted"] or self.todo):
-            why = (
-                f"by {signal.Signals(self.signum).name}"
-                if self.signum is not None
-                else f"at its --time-limit ({fmt_duration(self.time_limit)})"
+        if self.stop is not None and (self.counts["interrupted"] or self.todo):
+            failed = (
+                f", {len(self.failed)} failed ({', '.join(self.failed)})" if self.failed else ""
             )
             print(
-                f"sweep stopped {why}: {self.counts['interrupted']} runs checkpointed, "
-                f"{len(self.todo)} not started; run the same command again to continue",
+                f"sweep stopped {self.stop}: {self.checkpointed} runs checkpointed, "
+                f"{len(self.todo)} not started{failed}; run the same command again to continue",
                 file=sys.stderr,
             )
-            return 128 + self.signum if self.signum is not None else TIME_LIMIT_EXIT
+            return self.stop_code
         summary = (
             f"sweep {self.grid}: {self.done}/{self.total} runs finished "
             f"({self.counts['diverged']} diverged)"
