@@ -126,7 +126,7 @@ def parse_literal(text: str) -> Any:
         return text
 
 
-MAX_SEED_COUNT = 100
+MAX_SEED_COUNT = 20
 
 
 def parse_seeds(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -137,7 +137,7 @@ def parse_seeds(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
             seeds = tuple(int(s) for s in text.split(",") if s.strip())
         else:
             count = int(text)
-            if count > MAX_SEED_COUNT:  # `--seeds 3333` meant the seed, not 3333 runs a cell
+            if count > MAX_SEED_COUNT:  # `--seeds 42` meant the seed, not 42 runs a cell
                 raise GridError(
                     f"--seeds {text} is a count of {count} seeds per cell; for the one seed "
                     f"{text} write --seeds {text}, (a comma list)"
