@@ -13,24 +13,19 @@ row max that also returns the argmax (to read max p at z's argmax instead of a p
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+from torch.utils import benchmark
 
 from tprop.alloc import tune
 
-ROWS, VOCAB, REPEATS = 640, 10_000, 9
+ROWS, VOCAB = 640, 10_000
 
 
 def median_ms(fn) -> float:
-    fn()  # warm-up: first touches of fresh memory are page faults, not arithmetic
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """torch's own timer: blocks of calls for at least a second, the median block's time a call
+    (its warm-up takes the first touches of fresh memory, page faults, out of the figure)."""
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=1)
+    return 1e3 * timer.blocked_autorange(min_run_time=1.0).median
 
 
 def row(name: str, ms: float, flop: float | None = None) -> None:
@@ -57,7 +52,7 @@ def decoder(d: int) -> None:
 def main() -> None:
     tune()
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread; medians of {REPEATS} calls\n")
+    print(f"torch {torch.__version__}, 1 thread; torch.utils.benchmark medians over ≥ 1 s each\n")
     print("| operation | ms | rate |\n|---|---|---|")
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
