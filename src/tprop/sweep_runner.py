@@ -169,7 +169,7 @@ class Runner:
             self.done += 1
             self.durations.append(time.time() - a.t0)
             what = f"{state} {name} ({fmt_duration(time.time() - a.t0)})"
-        elif rc in INTERRUPTED:
+        elif rc in INTERRUPTED or (self.stop is not None and rc == -signal.SIGKILL):  # `_stop`
             state = "interrupted"
             saved = (a.job.folder / "checkpoint.pt").is_file()
             self.checkpointed += saved
