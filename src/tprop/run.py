@@ -11,7 +11,6 @@ the process ends however it ends, so a killed run never blocks its own ``--resum
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -20,7 +19,7 @@ import os
 import signal
 import subprocess
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +237,7 @@ class Progress:
         """A checkpoint's progress: fields this version does not know (a newer version's) are
         dropped; a checkpoint from before the code history gets one entry of unknown code, so
         its history does not claim the run started on this code."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in fields(cls)}
         out = {k: v for k, v in saved.items() if k in known}
         out.setdefault("code", [dict.fromkeys(CODE_KEYS)])
         return cls(**out)
