@@ -249,6 +249,16 @@ def test_sweep_runs_records_a_failure_then_skips_finished_runs(tmp_path, tiny_da
     assert f"retry           {bad}" in text and "2 finished, 0 to resume, 1 to retry" in text
     assert main(["report", str(out), "--no-figures"]) == 0  # the failure is listed
     assert f"{bad},failed,,,,,exit 2:" in (out / "runs.csv").read_text()
+    # a pending run of a plan given up (not in this grid under these seeds, no folder) is
+    # dropped on the next sweep; another grid's pending runs and this grid's failed run stay
+    manifest = json.loads((out / "sweep.json").read_text())
+    gone = {"grid": "tiny", "state": "pending", "values": {}}
+    manifest["runs"]["admm_B5_h1_s9"] = gone
+    manifest["runs"]["other_s1"] = {**gone, "grid": "other"}
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    assert sweep(*args, "--filter", "method=bptt") == 0
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    assert "admm_B5_h1_s9" not in runs and "other_s1" in runs and runs[bad]["state"] == "failed"
 
 
 def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_exactly(tmp_path, tiny_data):
@@ -283,12 +293,14 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_exactly(tmp_path, tiny_data)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "sweep stopped by SIGINT: 1 runs checkpointed" in err
+    assert "sweep stopped by SIGINT: 1 run checkpointed" in err
     assert (run / "checkpoint.pt").is_file() and not (run / "summary.json").exists()
     assert json.loads((out / "sweep.json").read_text())["runs"][run.name]["state"] == "interrupted"
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0 and "resuming admm_B5_h2_s1" in rerun.stdout, rerun.stderr
     assert "--resume" in (run / "stdout.log").read_text()
+    # a resumed run's wall time is the rest of a run: it says nothing of a whole run's
+    assert "time left unknown | finished admm_B5_h2_s1" in rerun.stdout
     ref = tmp_path / "ref"  # the same run, uninterrupted
     values = json.loads((out / "sweep.json").read_text())["runs"][run.name]["values"]
     plain = subprocess.run(

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tprop.sweep import FAILED_EXIT, TIME_LIMIT_EXIT, Job, Manifest
+from tprop.sweep import FAILED_EXIT, TIME_LIMIT_EXIT, Job, Manifest, plural
 
 POLL_S = 0.1
 LAUNCH_MARGIN_S = 10.0
@@ -114,7 +114,7 @@ class Runner:
         """Run the jobs; `limit` is (deadline on `clock`, its length in seconds)."""
         deadline = limit[0] if limit else math.inf
         self._say(
-            f"{self.total} runs, {self.done} already finished, {len(self.todo)} to do, "
+            f"{plural(self.total, 'run')}, {self.done} already finished, {len(self.todo)} to do, "
             f"{self.n_jobs} at a time"
         )
         with self._signals():
@@ -167,7 +167,8 @@ class Runner:
         if rc in (0, 3) and has_summary:
             state = "finished" if rc == 0 else "diverged"
             self.done += 1
-            self.durations.append(time.time() - a.t0)
+            if a.job.state != "resume":  # a resumed run's time is part of a run's
+                self.durations.append(time.time() - a.t0)
             what = f"{state} {name} ({fmt_duration(time.time() - a.t0)})"
         elif rc in INTERRUPTED or (self.stop is not None and rc == -signal.SIGKILL):  # `_stop`
             state = "interrupted"
@@ -206,7 +207,7 @@ class Runner:
                 f", {len(self.failed)} failed ({', '.join(self.failed)})" if self.failed else ""
             )
             print(
-                f"sweep stopped {self.stop}: {self.checkpointed} runs checkpointed, "
+                f"sweep stopped {self.stop}: {plural(self.checkpointed, 'run')} checkpointed, "
                 f"{len(self.todo)} not started{failed}; run the same command again to continue",
                 file=sys.stderr,
             )
