@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 9's GPU job: Figure 3 at hidden 50, 200 and 400 (ADMM B = 10 with H-steps 2 and 5,
-# BPTT K = 10; 3 seeds: 27 runs at once), sized for one call on a lent H100/H200 (at most
-# 10 minutes a call). The hidden-100 points are the CPU runs of docs/results/table1-minibatch.
+# Issue 9's GPU job: Figure 3 at hidden 200 and 400 (ADMM B = 10 with H-steps 2 and 5,
+# BPTT K = 10; 3 seeds: 18 runs at once), sized for one call on a lent H100/H200 (at most
+# 10 minutes a call). The hidden-50 and hidden-100 points are CPU runs in docs/results/figure3;
+# HIDDEN=50,200,400 redoes hidden 50 too.
 #
 # The sweep stops at $LIMIT (default 8m) with `--time-limit`: what finished by then is a
 # result, what did not is listed in sweep.log. A lent machine returns at most 8 files of 16 MiB,
@@ -9,8 +10,9 @@
 #
 #   here:     mkdir -p .devdata && cp -r DATA/ptb .devdata/      (.devdata/ is git-ignored)
 #   device:   DATA=.devdata bash experiments/gpu_figure3.sh      (carry: [".devdata"])
-#   here:     tar xzf OUT/figure3-runs.tgz -C docs/results/       → docs/results/figure3-gpu
-#             tprop report docs/results/figure3-gpu
+#   here:     tar xzf OUT/figure3-runs.tgz --strip-components=1 --exclude '*/sweep.json' \
+#               -C docs/results/figure3                            (beside the CPU points)
+#             tprop report docs/results/figure3
 #
 # On a CPU, to try the script itself in a minute on tiny budgets:
 #   DEVICE=cpu SEEDS=1, JOBS=2 LIMIT=5m DATA=DIR \
@@ -21,7 +23,8 @@ OUT=${OUT:-runs/gpu-figure3}
 RUNS=${RUNS:-runs/figure3-gpu}
 LIMIT=${LIMIT:-8m}
 SEEDS=${SEEDS:-3}
-JOBS=${JOBS:-27}
+HIDDEN=${HIDDEN:-200,400}
+JOBS=${JOBS:-18}
 DEVICE=${DEVICE:-cuda}
 DATA_FLAG=${DATA:+--data-dir $DATA}
 mkdir -p "$OUT" "$(dirname "$RUNS")"
@@ -31,7 +34,7 @@ mkdir -p "$OUT" "$(dirname "$RUNS")"
 } > "$OUT/machine.txt"
 start=$(date +%s)
 # shellcheck disable=SC2086  # EXTRA and DATA_FLAG are lists of flags
-tprop sweep figure3 --filter hidden=50,200,400 --seeds "$SEEDS" --jobs "$JOBS" \
+tprop sweep figure3 --filter hidden="$HIDDEN" --seeds "$SEEDS" --jobs "$JOBS" \
   --device "$DEVICE" $DATA_FLAG ${EXTRA:-} --time-limit "$LIMIT" --out "$RUNS" \
   > "$OUT/sweep.log" 2>&1 || echo "tprop sweep exited $?" >> "$OUT/sweep.log"
 echo "wall time $(( $(date +%s) - start )) s" >> "$OUT/sweep.log"
