@@ -174,6 +174,9 @@ def test_report_markdown_csv_and_figures_are_deterministic(runs, capsys):
     alone = capsys.readouterr().out
     assert alone.startswith("Each cell: ours") and "## Runs" not in alone
     assert alone in md  # the README's table is the report's
+    assert main(["report", str(runs), "--markdown-only", "--only=figure3,table2"]) == 0
+    some = capsys.readouterr().out
+    assert "### Figure 3" in some and "### Table 2" in some and "### Table 1" not in some
 
 
 def test_report_on_the_published_ptb_b20_runs(tmp_path):
@@ -233,6 +236,7 @@ def test_plot_writes_a_png(runs, tmp_path, capsys):
         (["plot", "{tmp}/empty", "--out", "{tmp}/x.png"], "is not a run folder"),
         (["plot", "{tmp}/nowhere", "--out", "{tmp}/x.png"], "is not a run folder"),
         (["plot", "{run}", "--out", "{tmp}/x.pdf"], "give a .png file"),
+        (["report", "{tmp}/empty", "--only", "table3"], "give one or more of table1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, argv, needle):

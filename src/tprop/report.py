@@ -50,6 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="with --markdown-only: also the table of every setting (runs grouped over seeds)",
     )
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument(
+        "--only",
+        metavar="KEYS",
+        help=f"only these tables, comma-separated: {', '.join(TABLE_KEYS)} "
+        "(a folder's runs may fill several)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -315,11 +321,34 @@ def runs_csv(records: list[RunRecord]) -> str:
 # ---------------------------------------------------------------------------- command
 
 
-def write_report(root: str | Path, out: str | Path | None = None, figures: bool = True) -> Path:
+TABLE_KEYS = ("table1", "table2", "figure3", "table4")
+
+
+def table_keys(only: str | None) -> tuple[str, ...]:
+    """The table keys `--only` names (all without it)."""
+    if only is None:
+        return TABLE_KEYS
+    keys = tuple(k.strip() for k in only.split(",") if k.strip())
+    if not keys or any(k not in TABLE_KEYS for k in keys):
+        raise ReportError(f"--only {only!r}: give one or more of {', '.join(TABLE_KEYS)}")
+    return keys
+
+
+def chosen(tables: list[Table], only: str | None) -> list[Table]:
+    keys = table_keys(only)
+    return [t for t in tables if t.key in keys]
+
+
+def write_report(
+    root: str | Path,
+    out: str | Path | None = None,
+    figures: bool = True,
+    only: str | None = None,
+) -> Path:
     """Write report.md, report.csv, runs.csv (and figures/) for the runs under `root`."""
     root = Path(root)
     records, manifest = load_runs(root)
-    tables = build_tables(records)
+    tables = chosen(build_tables(records), only)
     dest = Path(out) if out else root
     dest.mkdir(parents=True, exist_ok=True)
     made: list[str] = []
@@ -335,14 +364,15 @@ def write_report(root: str | Path, out: str | Path | None = None, figures: bool 
 
 
 def run(ns: argparse.Namespace) -> int:
+    table_keys(ns.only)  # a bad --only is refused before any folder is read
     if ns.markdown_only:
         records, _ = load_runs(ns.dir)
-        print(markdown_tables(build_tables(records)), end="")
+        print(markdown_tables(chosen(build_tables(records), ns.only)), end="")
         if ns.settings:
             print("\n\n" + "\n".join(["#### Settings", "", *settings_markdown(records)]))
         return 0
     try:
-        path = write_report(ns.dir, ns.out, figures=not ns.no_figures)
+        path = write_report(ns.dir, ns.out, figures=not ns.no_figures, only=ns.only)
     except OSError as e:
         raise ReportError(f"cannot write the report: {e}") from None
     print(f"wrote {path}, {path.with_name('report.csv')}, {path.with_name('runs.csv')}")
