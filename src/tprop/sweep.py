@@ -292,9 +292,9 @@ def load_manifest(out: Path) -> dict[str, Any]:
 class Manifest:
     """OUT/sweep.json: the grids run into the folder and every run's settings and state.
 
-    `planned` names every run of this grid under the current --seeds, --filter or not: a pending
-    entry of this grid outside it, with no run folder, is a plan given up (say `--seeds 3333`
-    for `--seeds 3333,`), and is dropped.
+    `planned` names every run the grid makes under the current --seeds, before --filter: a
+    pending entry of this grid outside it, with no run folder, is a plan given up (say
+    `--seeds 3333` meant as `--seeds 3333,`), and is dropped.
     """
 
     def __init__(
@@ -387,7 +387,9 @@ def run(ns: argparse.Namespace) -> int:
     every = grid.runs(parse_seeds(ns.seeds, grid.seeds))
     extra = parse_set(ns.set, every)
     runs = select(every, ns.filter)
-    grids.check_values(grid, runs, {**extra, "device": ns.device or "auto"})  # 37 ms a run
+    grids.check_values(
+        grid, runs, {**extra, "device": ns.device or "auto"}
+    )  # kept runs only: 37 ms each
     out = Path(ns.out or Path("runs") / grid.name)
     if out.exists() and not out.is_dir():
         raise GridError(f"--out {out} exists and is not a folder")
