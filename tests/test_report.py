@@ -276,3 +276,78 @@ def test_table4_words_and_characters_in_the_papers_layout_with_its_figure(tmp_pa
         in md
     )
     assert (root / "figures" / "table4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+DOC = """# Results
+
+Intro text stays.
+
+<!-- report: sweep --only=figure3 -->
+an old table
+<!-- end report -->
+
+Between the blocks.
+
+<!-- report: sweep --settings -->
+<!-- end report -->
+The end.
+"""
+
+
+def markdown(argv, capsys) -> str:
+    assert main(["report", *argv, "--markdown-only"]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def test_update_docs_rewrites_the_blocks_and_nothing_else(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    doc = tmp_path / "doc.md"
+    doc.write_text(DOC)
+    assert main(["report", "--update-docs", "doc.md", "--check"]) == 1
+    assert "stale: doc.md:5 (sweep)" in capsys.readouterr().out and doc.read_text() == DOC
+    assert main(["report", "--update-docs", "doc.md"]) == 0
+    assert "2 report blocks updated in 1 document" in capsys.readouterr().out
+    fig3, settings = (
+        markdown(["sweep", "--only=figure3"], capsys),
+        markdown(["sweep", "--settings"], capsys),
+    )
+    assert "### Figure 3" in fig3 and "#### Settings" in settings
+    want = DOC.replace("an old table", fig3).replace(
+        "--settings -->\n", f"--settings -->\n{settings}\n"
+    )
+    assert doc.read_text() == want
+    assert main(["report", "--update-docs", "doc.md", "--check"]) == 0
+    assert "0 stale report blocks in 1 document" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "block, needle",
+    [
+        ("<!-- report: sweep --markdown-only -->\n<!-- end report -->\n", "unknown flag"),
+        (
+            "<!-- report: sweep -->\nno end\n<!-- report: sweep -->\n<!-- end report -->\n",
+            "doc.md:1",
+        ),
+        ("<!-- report:  -->\n<!-- end report -->\n", "names no folder"),
+        ("<!-- report: nowhere -->\n<!-- end report -->\n", "is not a folder of runs"),
+        ("no blocks at all\n", "has no <!-- report: DIR --> block"),
+    ],
+)
+def test_update_docs_bad_input_writes_nothing(runs, tmp_path, monkeypatch, capsys, block, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "good.md").write_text(DOC)
+    (tmp_path / "doc.md").write_text(block)
+    assert main(["report", "--update-docs", "good.md", "doc.md"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+    assert (tmp_path / "good.md").read_text() == DOC  # the good document is not written either
+
+
+@pytest.mark.parametrize(
+    "argv", [["sweep", "--update-docs", "doc.md"], ["--check"], []], ids=["both", "check", "none"]
+)
+def test_report_wants_a_folder_or_documents(runs, tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("--update-docs" in err), err

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "sweep folder (or any folder of run folders): report.md, report.csv, "
         "runs.csv and figures/*.png.",
     )
-    p.add_argument("dir", help="a sweep folder or any folder holding run folders")
+    p.add_argument("dir", nargs="?", help="a sweep folder or any folder holding run folders")
     p.add_argument("--out", help="where to write (default: DIR)")
     p.add_argument(
         "--markdown-only",
@@ -55,6 +55,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEYS",
         help=f"only these tables, comma-separated: {', '.join(TABLE_KEYS)} "
         "(a folder's runs may fill several)",
+    )
+    p.add_argument(
+        "--update-docs",
+        nargs="+",
+        metavar="DOC",
+        help="instead of DIR: rewrite every <!-- report: DIR [--only=KEYS] [--settings] --> … "
+        "<!-- end report --> block of these Markdown files with what the report prints "
+        "(folders relative to the current directory)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="with --update-docs: write nothing; exit 1 if a block is not what the report prints",
     )
     p.set_defaults(handler=run)
 
@@ -363,13 +376,30 @@ def write_report(
     return path
 
 
+def markdown_text(root: str | Path, only: str | None = None, settings: bool = False) -> str:
+    """What `--markdown-only` prints: the chosen tables, and with `settings` every setting."""
+    records, _ = load_runs(root)
+    text = markdown_tables(chosen(build_tables(records), only))
+    if settings:
+        text += "\n\n" + "\n".join(["#### Settings", "", *settings_markdown(records)]) + "\n"
+    return text
+
+
 def run(ns: argparse.Namespace) -> int:
     table_keys(ns.only)  # a bad --only is refused before any folder is read
+    if ns.update_docs or ns.check:
+        if ns.dir or not ns.update_docs:
+            raise ReportError(
+                "--update-docs DOC… reads the folders from the documents' blocks: "
+                "give it without DIR (--check goes with it)"
+            )
+        from tprop.report_docs import update_docs
+
+        return update_docs(ns.update_docs, ns.check)
+    if ns.dir is None:
+        raise ReportError("give a folder of runs: tprop report DIR (or --update-docs DOC…)")
     if ns.markdown_only:
-        records, _ = load_runs(ns.dir)
-        print(markdown_tables(chosen(build_tables(records), ns.only)), end="")
-        if ns.settings:
-            print("\n\n" + "\n".join(["#### Settings", "", *settings_markdown(records)]))
+        print(markdown_text(ns.dir, ns.only, ns.settings), end="")
         return 0
     try:
         path = write_report(ns.dir, ns.out, figures=not ns.no_figures, only=ns.only)
