@@ -419,3 +419,13 @@ def test_table1_text8_grid_runs_end_to_end_on_a_small_text8_file(tmp_path, monke
     row = next(x for x in text.splitlines() if x.startswith("| H-steps = 1 |"))
     assert row.count("(1) · ") == 3 and "· 242.02 ·" in row and "· 205.67 ·" in row
     assert "differs from the paper's protocol: epochs = 1 (protocol 10)" in text
+
+
+def test_time_left_counts_what_is_left_of_the_running_runs():
+    from tprop.sweep_runner import time_left
+
+    # one lane, a 65-min mean, a run just started: all 65 min are left (not half of them)
+    assert time_left(3900.0, 0, [0.0], 1) == 3900.0
+    assert time_left(3900.0, 0, [3000.0], 1) == 900.0
+    assert time_left(3900.0, 0, [5000.0], 1) == 0.0  # past the mean: ending now
+    assert time_left(600.0, 3, [100.0, 500.0], 2) == (1800.0 + 500.0 + 100.0) / 2

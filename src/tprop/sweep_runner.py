@@ -45,6 +45,12 @@ def fmt_duration(s: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def time_left(mean: float, waiting: int, running_for: list[float], jobs: int) -> float:
+    """Seconds until the sweep ends if every run takes `mean`: the waiting runs, plus what is
+    left of each running one (a run past the mean counts as ending now), shared by the lanes."""
+    return (mean * waiting + sum(max(mean - t, 0.0) for t in running_for)) / jobs
+
+
 def last_line(path) -> str:
     try:
         lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
@@ -191,7 +197,10 @@ class Runner:
         if not self.durations:
             return "time left unknown"
         mean = sum(self.durations) / len(self.durations)
-        left = mean * (len(self.todo) + 0.5 * len(self.active)) / self.n_jobs
+        now = time.time()
+        left = time_left(
+            mean, len(self.todo), [now - a.t0 for a in self.active.values()], self.n_jobs
+        )
         return f"~{fmt_duration(left)} left"
 
     def _say(self, what: str) -> None:
