@@ -344,7 +344,14 @@ def test_update_docs_bad_input_writes_nothing(runs, tmp_path, monkeypatch, capsy
 
 
 @pytest.mark.parametrize(
-    "argv", [["sweep", "--update-docs", "doc.md"], ["--check"], []], ids=["both", "check", "none"]
+    "argv",
+    [
+        ["sweep", "--update-docs", "doc.md"],
+        ["--check"],
+        [],
+        ["--update-docs", "doc.md", "--only=table1"],
+    ],
+    ids=["both", "check", "none", "flag"],
 )
 def test_report_wants_a_folder_or_documents(runs, tmp_path, monkeypatch, capsys, argv):
     monkeypatch.chdir(tmp_path)

@@ -388,10 +388,11 @@ def markdown_text(root: str | Path, only: str | None = None, settings: bool = Fa
 def run(ns: argparse.Namespace) -> int:
     table_keys(ns.only)  # a bad --only is refused before any folder is read
     if ns.update_docs or ns.check:
-        if ns.dir or not ns.update_docs:
+        if ns.dir or not ns.update_docs or ns.out or ns.markdown_only or ns.settings or ns.only:
             raise ReportError(
-                "--update-docs DOC… reads the folders from the documents' blocks: "
-                "give it without DIR (--check goes with it)"
+                "--update-docs DOC… reads the folders and flags from the documents' blocks: "
+                "give it without DIR, --out, --markdown-only, --settings or --only "
+                "(--check goes with it)"
             )
         from tprop.report_docs import update_docs
 
