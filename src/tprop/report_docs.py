@@ -85,9 +85,12 @@ def render(block: Block) -> str:
 
 
 def refresh(text: str, doc: str = "document") -> tuple[str, list[Block]]:
-    """`text` with every block rewritten, and the blocks that changed. Every block is rendered
-    before anything is returned, so a bad folder leaves the caller nothing half done."""
+    """`text` with every block rewritten, and the blocks that changed (a text without blocks is
+    an error). Every block is rendered before anything is returned, so a bad folder leaves the
+    caller nothing half done."""
     found = blocks(text, doc)
+    if not found:
+        raise ReportError(f"{doc} has no <!-- report: DIR --> block; nothing to update")
     parts, stale, at = [], [], 0
     for b in found:
         new = render(b)
@@ -109,8 +112,6 @@ def update_docs(docs: list[str], check: bool) -> int:
             text = path.read_text()
         except OSError as e:
             raise ReportError(f"cannot read {doc}: {e.strerror or e}") from None
-        if not blocks(text, doc):
-            raise ReportError(f"{doc} has no <!-- report: DIR --> block; nothing to update")
         updated, stale = refresh(text, doc)
         stale_all += [f"{doc}:{b.line} ({b.folder})" for b in stale]
         new[path] = updated
