@@ -10,8 +10,8 @@
 #
 #   here:     mkdir -p .devdata && cp -r DATA/ptb .devdata/      (.devdata/ is git-ignored)
 #   device:   DATA=.devdata bash experiments/gpu_figure3.sh      (carry: [".devdata"])
-#   here:     tar xzf OUT/figure3-runs.tgz --strip-components=1 --exclude '*/sweep.json' \
-#               -C docs/results/figure3                            (beside the CPU points)
+#   here:     mkdir -p runs/gpu && tar xzf OUT/figure3-runs.tgz -C runs/gpu
+#             tprop collect runs/gpu/figure3-gpu --into docs/results/figure3   (beside the CPU points)
 #             tprop report docs/results/figure3
 #
 # On a CPU, to try the script itself in a minute on tiny budgets:

@@ -1,4 +1,4 @@
-"""`tprop` subcommands: train, eval, demo here; data, sweep, report, plot from their modules.
+"""`tprop` subcommands: train, eval, demo here; data, sweep, collect, report and more plug in.
 
 Flags of Config settings are generated from the fields of `tprop.config.Config` (one flag per
 field, its help text and default from the field); `train` has all of them, `eval` and `demo` the
@@ -190,7 +190,15 @@ def _add_demo(sub) -> None:
 
 # Modules that add their own subcommand: each has `add_parser(sub)`, which registers the
 # subparser with `set_defaults(handler=run)`, where `run(ns) -> int` is the exit code.
-PLUGGED: tuple[str, ...] = ("data.commands", "sweep", "report", "plot", "generate", "bench")
+PLUGGED: tuple[str, ...] = (
+    "data.commands",
+    "sweep",
+    "collect",
+    "report",
+    "plot",
+    "generate",
+    "bench",
+)
 
 
 def _train(ns: argparse.Namespace) -> int:
