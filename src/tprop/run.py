@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import signal
 import subprocess
 import threading
@@ -288,9 +289,22 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def cpu_name() -> str:
+    """The processor's model name: float rounding, and so a run's numbers, can differ between
+    CPUs (their kernels differ), as they do between thread counts."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover (not Linux)
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def provenance(device: torch.device) -> dict[str, Any]:
     return {
         "device": device_name(device),
+        "cpu": cpu_name(),
         "tprop_version": __version__,
         "git_commit": git_commit(),
         "source_sha256": source_sha256(),
