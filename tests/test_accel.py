@@ -226,3 +226,20 @@ def test_cli_runs_bf16_with_a_fused_optimiser_and_refuses_bf16_float64(tiny_data
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("tprop: error: --precision bf16") or "--precision bf16" in err[-1]
     assert not (tmp_path / "b").exists()
+
+
+def subnormal_survives() -> bool:
+    return (torch.tensor([1e-310], dtype=torch.float64) * 1.0).item() != 0.0
+
+
+def test_flush_denormal_is_a_per_run_switch(tiny_data, tmp_path):
+    """--flush-denormal makes this process treat subnormals as zero for the run (a step of a
+    blown-up run is 11x faster: benchmarks/subnormal_step.py); the next run without it gets
+    them back, so one run's switch never leaks into another's numbers."""
+    if not torch.set_flush_denormal(True):  # pragma: no cover (a CPU without FTZ/DAZ)
+        pytest.skip("this CPU cannot flush subnormals")
+    torch.set_flush_denormal(False)
+    assert train_tiny(tiny_data, tmp_path / "a", "--epochs 1 --flush-denormal") == 0
+    assert not subnormal_survives()
+    assert train_tiny(tiny_data, tmp_path / "b", "--epochs 1") == 0
+    assert subnormal_survives()

@@ -198,6 +198,12 @@ class Config:
     )
     dtype: Literal["float32", "float64"] = _f("float32", "parameter and state dtype")
     deterministic: bool = _f(False, "use deterministic algorithms")
+    flush_denormal: bool = _f(
+        False,
+        "CPU: treat subnormal floats as zero. A run that blows up (saturated units) can crawl "
+        "on subnormal arithmetic, 10x slower; this keeps its speed, at the price of results "
+        "that differ in the last bits from a run without it",
+    )
     tf32: bool = _f(False, "allow TF32 matmuls on GPU (off for reproduction)")
     precision: Literal["fp32", "bf16"] = _f(
         "fp32",

@@ -71,6 +71,7 @@ def setup_device(cfg: Config) -> torch.device:
         # cuBLAS needs a fixed workspace to be deterministic; set before its first use.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+    torch.set_flush_denormal(cfg.flush_denormal)  # a process setting: each run sets its own
     return device
 
 
