@@ -181,7 +181,7 @@ def test_dry_run_print_commands_filter_seeds_set(tmp_path, capsys):
         (["{missing}"], "does not exist"),
         (["{unknown_key}"], "unknown setting 'hiden'"),
         (["{control_key}"], "'out' is set by `tprop sweep` itself"),
-        (["{grid}", "--set", "block_size=10"], "is an axis of the grid"),
+        (["{grid}", "--set", "block_size=10"], "the grid's groups set it"),
         (["{grid}", "--set", "nonsense"], "expected KEY=VALUE"),
         (["{grid}", "--filter", "method=alm"], "keeps none of the 3 runs"),
         (["{grid}", "--filter", "colour=red"], "'colour' is not a `tprop train` setting"),

@@ -391,8 +391,8 @@ BUILTIN: dict[str, Grid] = {
             cell="lstm",
             notes="Scaled down from the paper's WikiText-103 and text8 so it runs in hours, not "
             "days; the paper's numbers are shown for reference, not as a like-for-like "
-            "comparison. On a small machine lower the sizes with --set (e.g. hidden=128) and "
-            "say so.",
+            "comparison. On a small machine write the grid out (--show), lower the sizes "
+            "(e.g. hidden = 128) and run the file; say so.",
         ),
     )
 }

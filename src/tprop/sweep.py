@@ -160,7 +160,11 @@ def parse_set(items: list[str], runs: list[Run]) -> dict[str, Any]:
                 f"--set {key}: the sweep sets it; use --seeds/--out/--data-dir/--device"
             )
         if key in axes:
-            raise GridError(f"--set {key}: it is an axis of the grid; use --filter {key}=…")
+            raise GridError(
+                f"--set {key}: the grid's groups set it (it names the runs); choose among its "
+                f"values with --filter {key}=…, or write the grid out with --show, edit it "
+                "and run the file"
+            )
         out[key] = value
     return out
 
