@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 9's GPU job: Figure 3 at hidden 200 and 400 (ADMM B = 10 with H-steps 2 and 5,
-# BPTT K = 10; 3 seeds: 18 runs at once), sized for one call on a lent H100/H200 (at most
-# 10 minutes a call). The hidden-50 and hidden-100 points are CPU runs in docs/results/figure3;
-# HIDDEN=50,200,400 redoes hidden 50 too.
+# BPTT K = 10; 3 seeds), hidden 400 at θ-lr 0.1 and 0.01 (the grid's two hidden-400 groups):
+# 27 runs, sized for one call on a lent H100/H200 (at most 10 minutes a call). The θ-lr 0.01
+# runs alone: HIDDEN=400 EXTRA="--filter lr=0.01". The hidden-50 and hidden-100 points are
+# CPU runs in docs/results/figure3; HIDDEN=50,200,400 redoes hidden 50 too.
 #
 # The sweep stops at $LIMIT (default 8m) with `--time-limit`: what finished by then is a
 # result, what did not is listed in sweep.log. A lent machine returns at most 8 files of 16 MiB,
@@ -24,7 +25,7 @@ RUNS=${RUNS:-runs/figure3-gpu}
 LIMIT=${LIMIT:-8m}
 SEEDS=${SEEDS:-3}
 HIDDEN=${HIDDEN:-200,400}
-JOBS=${JOBS:-18}
+JOBS=${JOBS:-27}
 DEVICE=${DEVICE:-cuda}
 DATA_FLAG=${DATA:+--data-dir $DATA}
 mkdir -p "$OUT" "$(dirname "$RUNS")"

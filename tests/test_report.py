@@ -136,6 +136,23 @@ def test_cells_pick_the_best_setting_by_mean_validation(runs):
     assert (bptt.stat.n, bptt.unfinished) == (1, 3)  # in progress, failed, not started
 
 
+def test_figure3_takes_the_better_theta_lr_and_says_it_is_table3s(tmp_path, capsys):
+    """Figure 3's hidden-400 point runs at θ-lr 0.1 and 0.01; the cell takes the better, and
+    the note tells a departure onto Table 3's grid from one off it."""
+    bptt = {**BPTT, "bptt": 10, "hidden": 400}
+    for seed, v in zip((1111, 2222), (200.0, 180.0), strict=True):
+        fake_run(tmp_path, f"bptt_hid400_K10_s{seed}", bptt, [v], seed, tp=False)
+    fake_run(tmp_path, "bptt_hid400_K10_lr0.01_s1111", {**bptt, "lr": 0.01}, [126.0], tp=False)
+    assert main(["report", str(tmp_path), "--markdown-only", "--only=figure3"]) == 0
+    md = capsys.readouterr().out
+    assert "| BPTT (K = 10) | — | — | — | 126.00 (1) |" in md
+    assert "- BPTT (K = 10), hidden = 400: lr=0.01 (best of 2 settings)" in md
+    assert "lr = 0.01 (protocol 0.1; Table 3's grid has 0.1, 0.01, 0.001)" in md
+    fake_run(tmp_path, "bptt_hid400_K10_lr0.05_s1111", {**bptt, "lr": 0.05}, [120.0], tp=False)
+    assert main(["report", str(tmp_path), "--markdown-only", "--only=figure3"]) == 0
+    assert "lr = 0.05 (protocol 0.1)." in capsys.readouterr().out  # not a point of the grid
+
+
 def test_report_markdown_csv_and_figures_are_deterministic(runs, capsys):
     assert main(["report", str(runs)]) == 0
     md = (runs / "report.md").read_text()

@@ -84,7 +84,7 @@ def test_builtin_grids_expand_to_valid_named_runs():
         "table1-batch-ptb": 36,
         "table1-text8": 36,
         "table2": 9,
-        "figure3": 36,
+        "figure3": 45,
         "table3": 9,
         "table4": 30,
     }
@@ -94,6 +94,11 @@ def test_builtin_grids_expand_to_valid_named_runs():
         assert len({r.name for r in runs}) == len(runs)
     names = [r.name for r in grids.BUILTIN["table1-minibatch-ptb"].runs()]
     assert names[:2] == ["admm_B5_h1_s1111", "admm_B5_h2_s1111"] and "bptt_K20_s3333" in names
+    f3 = {r.name: r.values["lr"] for r in grids.BUILTIN["figure3"].runs()}
+    # θ-lr 0.01 only at hidden 400, named apart; the θ-lr 0.1 names of committed runs unchanged
+    assert f3["bptt_hid400_K10_lr0.01_s2222"] == f3["admm_hid400_B10_h5_lr0.01_s1111"] == 0.01
+    assert f3["bptt_hid400_K10_s2222"] == f3["admm_hid50_B10_h2_s1111"] == 0.1
+    assert sum(lr == 0.01 for lr in f3.values()) == 9
     t1 = {r.name: r.values for r in grids.BUILTIN["table1-minibatch-ptb"].runs()}
     protocol = {
         "dataset": "ptb",

@@ -95,5 +95,17 @@ PROTOCOL = {
 paper gives the cell and optimiser, the issue fixes the rest); a report notes departures."""
 
 
+TABLE3_GRID = {
+    "lam": (1, 0.1, 0.01),
+    "u_lr": (1, 0.1, 0.01),
+    "h_lr": (0.1, 0.01, 0.001),
+    "lr": (0.1, 0.01, 0.001),
+    "theta_steps": (1,),
+    "h_steps": (1, 2, 5),
+}
+"""Table 3 (appendix A.2): the grid the paper searched each cell over, by validation
+perplexity. A departure from `PROTOCOL` onto one of these points is the paper's own search."""
+
+
 def published(table: str, section: str, row: str, col: str) -> Published | None:
     return PUBLISHED.get((table, section, row, col))

@@ -268,8 +268,14 @@ def protocol_notes(table: Table, skip: tuple[str, ...] = ()) -> None:
     for k, v in paper.PROTOCOL.items():
         seen = sorted({json.dumps(c.get(k)) for c in chosen} - {json.dumps(v)})
         if k not in skip and seen:
+            grid = paper.TABLE3_GRID.get(k)
+            where = (
+                f"; Table 3's grid has {', '.join(map(str, grid))}"
+                if grid and all(json.loads(x) in grid for x in seen)
+                else ""
+            )
             table.notes.append(
-                f"differs from the paper's protocol: {k} = {', '.join(seen)} (protocol {v})"
+                f"differs from the paper's protocol: {k} = {', '.join(seen)} (protocol {v}{where})"
             )
 
 
