@@ -178,6 +178,28 @@ def test_dry_run_print_commands_filter_seeds_set(tmp_path, capsys):
     assert "h_lr = [0.1, 0.01, 0.001]" in capsys.readouterr().out
 
 
+def started(dry_run: str) -> int:
+    return sum(line.startswith("start ") for line in dry_run.splitlines())
+
+
+def test_filter_on_a_tp_setting_says_it_keeps_bptt_runs_by_default(tmp_path, capsys):
+    # BPTT runs do not set block_size, so block_size=20 (the default) keeps them all: say so
+    out = tmp_path / "out"
+    assert sweep("table1-batch-ptb", "--out", out, "--dry-run", "--filter", "block_size=20") == 0
+    cap = capsys.readouterr()
+    assert started(cap.out) == 3 * 6  # B = 20 at H-steps 1, 2, 5 and BPTT K = 5, 10, 20
+    assert "--filter block_size=20 also keeps 9 BPTT runs" in cap.err
+    assert "--filter '*[BK]20_*'" in cap.err
+    assert sweep("table1-batch-ptb", "--out", out, "--dry-run", "--filter", "*[BK]20_*") == 0
+    cap = capsys.readouterr()
+    assert started(cap.out) == 3 * 4  # the B = 20 row
+    assert cap.err == ""
+    for narrowed in (["block_size=10"], ["block_size=20", "method=admm"], ["hidden=100"]):
+        args = [a for f in narrowed for a in ("--filter", f)]
+        assert sweep("table1-batch-ptb", "--out", out, "--dry-run", *args) == 0
+        assert "note:" not in capsys.readouterr().err, narrowed
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [

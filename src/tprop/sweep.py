@@ -206,7 +206,32 @@ def select(runs: list[Run], filters: list[str]) -> list[Run]:
         raise GridError(
             f"--filter {' '.join(filters)} keeps none of the {plural(len(runs), 'run')}"
         )
+    _note_defaulted(kept, filters, defaults)
     return kept
+
+
+def _note_defaulted(kept: list[Run], filters: list[str], defaults: dict[str, Any]) -> None:
+    """A KEY=V filter on a setting BPTT does not use keeps BPTT runs by its default value:
+    say so in one line, since it reads like a filter that drops them."""
+    tp = grids.tp_only()
+    for cond in filters:
+        key = cond.partition("=")[0].strip().replace("-", "_")
+        if "=" not in cond or key not in tp:
+            continue
+        bptt = [r for r in kept if r.values.get("method") == "bptt" and key not in r.values]
+        if bptt:
+            hint = (
+                f", or select by name, e.g. --filter '*[BK]{defaults[key]}_*' for one "
+                "Table 1 column"
+                if key == "block_size"
+                else ""
+            )
+            print(
+                f"note: --filter {cond} also keeps {plural(len(bptt), 'BPTT run')}: {key} does "
+                f"not apply to BPTT and its default is {defaults[key]}; add --filter "
+                f"method=… to drop them{hint}",
+                file=sys.stderr,
+            )
 
 
 # ---------------------------------------------------------------------------- plan
