@@ -23,7 +23,7 @@
 #             tprop collect runs/gpu/GRID-gpu --into docs/results/FOLDER
 #             tprop report docs/results/FOLDER
 #
-# On a CPU, to try the script itself in a minute on tiny budgets:
+# On a CPU (tests/test_sweep.py runs it so on a tiny corpus), to try it in a minute on PTB:
 #   DEVICE=cpu JOBS=2 LIMIT=5m DATA=DIR OUT=/tmp/g RUNS=/tmp/g/runs bash experiments/gpu_sweep.sh \
 #     table1-batch-ptb --filter '*[BK]20_*' --seeds 1, \
 #     --set train_limit=2000 --set eval_limit=1000 --set epochs=2

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -286,6 +287,36 @@ def test_sweep_runs_records_a_failure_then_skips_finished_runs(tmp_path, tiny_da
     assert sweep(*args, "--filter", "method=bptt") == 0
     runs = json.loads((out / "sweep.json").read_text())["runs"]
     assert "admm_B5_h1_s9" not in runs and "other_s1" in runs and runs[bad]["state"] == "failed"
+
+
+def test_gpu_sweep_script_runs_every_run_at_once_and_packs_them(tmp_path, tiny_data):
+    # experiments/gpu_sweep.sh is what a lent GPU machine runs: try it on the CPU, tiny runs
+    grid = write_grid(tmp_path, TINY.replace("h_steps = [1, 2]", "h_steps = 1"))
+    out, runs = tmp_path / "gpu-out", tmp_path / "runs" / "tiny-gpu"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DEVICE": "cpu",
+        "DATA": str(tiny_data),
+        "OUT": str(out),
+        "RUNS": str(runs),
+        "OMP_NUM_THREADS": "1",
+    }
+    script = str(SRC.parent / "experiments" / "gpu_sweep.sh")
+    args = ["bash", script, str(grid), "--set", "epochs=1"]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "2/2 runs finished" in proc.stdout
+    machine = (out / "machine.txt").read_text()
+    assert f"tprop sweep {grid} --set epochs=1 --jobs 2 --device cpu --time-limit 8m" in machine
+    with tarfile.open(out / "grid-runs.tgz") as tar:
+        names = tar.getnames()
+    assert {"tiny-gpu/admm_B5_h1_s1/summary.json", "tiny-gpu/bptt_K5_s1/summary.json"} <= set(names)
+    assert not any(n.endswith("checkpoint.pt") for n in names)  # the device returns small files
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "2 already finished, 0 to do" in again.stdout
+    usage = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: bash experiments/gpu_sweep")
 
 
 def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_exactly(tmp_path, tiny_data):
