@@ -17,7 +17,8 @@ import pytest
 from tprop import grids
 from tprop.cli import main
 from tprop.grids import GridError
-from tprop.sweep import flags, parse_duration
+from tprop.sweep import flags
+from tprop.sweep_flags import parse_duration
 from tprop.sweep_runner import Runner
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -99,7 +99,7 @@ def _check(ns: argparse.Namespace) -> None:
 
 
 def _settings(items: list[str]) -> dict[str, Any]:
-    from tprop.sweep import parse_setting
+    from tprop.sweep_flags import parse_setting
 
     return dict(parse_setting(item) for item in items)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tprop.grids import GridError
-from tprop.sweep import load_manifest, plural, write_json
+from tprop.sweep import load_manifest, write_json
+from tprop.sweep_flags import plural
 
 NAME = "collect"
 CHECKPOINT = "checkpoint.pt"

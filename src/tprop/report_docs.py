@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tprop.runs import ReportError
-from tprop.sweep import plural
+from tprop.sweep_flags import plural
 
 START = re.compile(r"<!-- report: (.*?) -->\n")
 END = "<!-- end report -->"

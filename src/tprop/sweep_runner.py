@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tprop.sweep import FAILED_EXIT, TIME_LIMIT_EXIT, Job, Manifest, plural
+from tprop.sweep import FAILED_EXIT, TIME_LIMIT_EXIT, Job, Manifest
+from tprop.sweep_flags import plural
 
 POLL_S = 0.1
 LAUNCH_MARGIN_S = 10.0
