@@ -10,7 +10,7 @@ import pytest
 
 from tprop import paper
 from tprop.cli import main
-from tprop.report_tables import build_tables
+from tprop.report_tables import build_tables, point_labels
 from tprop.runs import load_runs
 
 BASE = {
@@ -151,6 +151,20 @@ def test_figure3_takes_the_better_theta_lr_and_says_it_is_table3s(tmp_path, caps
     fake_run(tmp_path, "bptt_hid400_K10_lr0.05_s1111", {**bptt, "lr": 0.05}, [120.0], tp=False)
     assert main(["report", str(tmp_path), "--markdown-only", "--only=figure3"]) == 0
     assert "lr = 0.05 (protocol 0.1)." in capsys.readouterr().out  # not a point of the grid
+
+
+def test_figure_labels_a_point_whose_setting_departs_where_the_others_do_not(tmp_path):
+    bptt = {**BPTT, "bptt": 10, "epochs": 2}
+    fake_run(tmp_path, "bptt_hid50_K10_s1111", {**bptt, "hidden": 50}, [150.0], tp=False)
+    fake_run(tmp_path, "bptt_hid400_K10_s1111", {**bptt, "hidden": 400}, [190.0], tp=False)
+    fake_run(tmp_path, "x_s1111", {**bptt, "hidden": 400, "lr": 0.01}, [126.0], tp=False)
+    [fig3] = [t for t in build_tables(load_runs(tmp_path)[0]) if t.key == "figure3"]
+    # hidden is what the figure varies and epochs = 2 is every point's: neither labels a point
+    assert point_labels(fig3) == {("BPTT (K = 10)", "hidden = 400"): "lr=0.01"}
+    assert any("epochs = 2" in n for n in fig3.notes)
+    fake_run(tmp_path, "y_s1111", {**bptt, "hidden": 50, "lr": 0.01}, [140.0], tp=False)
+    [fig3] = [t for t in build_tables(load_runs(tmp_path)[0]) if t.key == "figure3"]
+    assert point_labels(fig3) == {}  # lr = 0.01 at every point now: the note says it
 
 
 def test_report_markdown_csv_and_figures_are_deterministic(runs, capsys):

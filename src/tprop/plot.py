@@ -12,7 +12,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tprop.report_tables import Table, describe, normalised, setting_key, table4_models
+from tprop.report_tables import (
+    Table,
+    describe,
+    normalised,
+    point_labels,
+    setting_key,
+    table4_models,
+)
 from tprop.runs import ReportError, RunRecord, load_run, to_float
 
 NAME = "plot"
@@ -194,24 +201,37 @@ def learning_curves(records: list[RunRecord], path: Path) -> bool:
     return True
 
 
-def _errorbar(ax: Any, xs: list, table: Table, row: str, color: Any, shift: float) -> None:
-    """Ours (mean ± std, nudged by `shift` so rows do not hide each other) and the paper's."""
+def _errorbar(
+    ax: Any,
+    xs: list,
+    table: Table,
+    row: str,
+    color: Any,
+    shift: float,
+    labels: dict[tuple[str, str], str] | None = None,
+) -> None:
+    """Ours (mean ± std, nudged by `shift` so rows do not hide each other) and the paper's;
+    `labels`: text written beside some of our points (`point_labels`)."""
     pts = [
-        (x * shift, c.stat)
+        (x * shift, c.stat, col)
         for x, col in zip(xs, table.cols, strict=True)
         if (c := table.cells.get((row, col))) is not None and c.stat is not None
     ]
     if pts:
         ax.errorbar(
-            [x for x, _ in pts],
-            [s.mean for _, s in pts],
-            yerr=[s.std or 0.0 for _, s in pts],
+            [x for x, _, _ in pts],
+            [s.mean for _, s, _ in pts],
+            yerr=[s.std or 0.0 for _, s, _ in pts],
             marker="o",
             ms=4,
             capsize=3,
             color=color,
             label=f"{row} (ours)",
         )
+        for x, s, col in pts:
+            if text := (labels or {}).get((row, col)):
+                ax.annotate(text, (x, s.mean), xytext=(5, -3), textcoords="offset points",
+                            fontsize=7, color=color, ha="left", va="top")  # fmt: skip
     pub = [
         (x, p.value)
         for x, col in zip(xs, table.cols, strict=True)
@@ -244,8 +264,9 @@ def table1_figure(tables: list[Table], path: Path) -> bool:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, t in zip(axes[0], sections, strict=True):
         xs = [int(c.split("= ")[1]) for c in t.cols]
+        labels = point_labels(t)  # a point at another θ-lr than the rest says so
         for i, row in enumerate(t.rows):
-            _errorbar(ax, xs, t, row, colors[i], 1 + 0.025 * (i - 1.5))
+            _errorbar(ax, xs, t, row, colors[i], 1 + 0.025 * (i - 1.5), labels)
         ax.set(
             xlabel="B (block size) = K (BPTT window)",
             ylabel="validation perplexity",
@@ -271,8 +292,9 @@ def figure3_figure(tables: list[Table], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     xs = [int(c.split("= ")[1]) for c in t.cols]
+    labels = point_labels(t)
     for i, row in enumerate(t.rows):
-        _errorbar(ax, xs, t, row, colors[i], 1 + 0.03 * (i - 1))
+        _errorbar(ax, xs, t, row, colors[i], 1 + 0.03 * (i - 1), labels)
     ax.set(
         xlabel="hidden size d",
         ylabel="validation perplexity",

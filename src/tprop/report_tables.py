@@ -90,6 +90,7 @@ class Table:
     cols: list[str]
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    varies: tuple[str, ...] = ()  # protocol settings the table varies (Figure 3: hidden)
 
     def cell(self, row: str, col: str) -> Cell:
         return self.cells.setdefault((row, col), Cell())
@@ -263,20 +264,47 @@ def _fill(table: Table, placed: dict[tuple[str, str], list]) -> Table:
     return table
 
 
-def protocol_notes(table: Table, skip: tuple[str, ...] = ()) -> None:
-    chosen = [normalised(r.config) for c in table.cells.values() for r in c.chosen]
+def departures(cells: list[Cell], skip: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """The paper's protocol settings (`paper.PROTOCOL`) that the chosen runs of `cells` depart
+    from: key → the values they use instead (JSON, sorted); `skip`: keys the table varies."""
+    chosen = [normalised(r.config) for c in cells for r in c.chosen]
+    out = {}
     for k, v in paper.PROTOCOL.items():
         seen = sorted({json.dumps(c.get(k)) for c in chosen} - {json.dumps(v)})
         if k not in skip and seen:
-            grid = paper.TABLE3_GRID.get(k)
-            where = (
-                f"; Table 3's grid has {', '.join(map(str, grid))}"
-                if grid and all(json.loads(x) in grid for x in seen)
-                else ""
-            )
-            table.notes.append(
-                f"differs from the paper's protocol: {k} = {', '.join(seen)} (protocol {v}{where})"
-            )
+            out[k] = tuple(seen)
+    return out
+
+
+def point_labels(table: Table) -> dict[tuple[str, str], str]:
+    """For a figure: the cells whose chosen setting departs from the protocol where other cells
+    of the table do not (``lr=0.01`` at one point of a curve), as ``k=v`` labels; a departure
+    that every cell shares is the table's note, not a point's."""
+    own = {
+        key: set(departures([c], table.varies).items())
+        for key, c in table.cells.items()
+        if c.stat is not None
+    }
+    common = set.intersection(*own.values()) if own else set()
+    return {
+        key: ", ".join(f"{k}={'/'.join(v)}" for k, v in sorted(d - common))
+        for key, d in own.items()
+        if d - common
+    }
+
+
+def protocol_notes(table: Table) -> None:
+    for k, seen in departures(list(table.cells.values()), table.varies).items():
+        grid = paper.TABLE3_GRID.get(k)
+        where = (
+            f"; Table 3's grid has {', '.join(map(str, grid))}"
+            if grid and all(json.loads(x) in grid for x in seen)
+            else ""
+        )
+        table.notes.append(
+            f"differs from the paper's protocol: {k} = {', '.join(seen)} "
+            f"(protocol {paper.PROTOCOL[k]}{where})"
+        )
 
 
 def table1(placed: dict[str, dict]) -> list[Table]:
@@ -336,10 +364,11 @@ def figure3(placed: dict[str, dict]) -> list[Table]:
                 section,
                 list(paper.FIGURE3_ROWS),
                 [f"hidden = {h}" for h in hidden],
+                varies=("hidden",),
             ),
             cells,
         )
-        protocol_notes(t, skip=("hidden",))
+        protocol_notes(t)
         out.append(t)
     return out
 
