@@ -480,11 +480,41 @@ def test_table1_text8_grid_runs_end_to_end_on_a_small_text8_file(tmp_path, monke
     assert "differs from the paper's protocol: epochs = 1 (protocol 10)" in text
 
 
+def test_progress_line_at_each_epoch_paces_the_time_left(tmp_path, tiny_data, capsys, monkeypatch):
+    from tprop import sweep_runner
+
+    monkeypatch.setattr(sweep_runner, "EPOCH_POLL_S", 0.0)  # look at every poll
+    grid = write_grid(tmp_path, TINY.replace("epochs = 2", "epochs = 4"))
+    args = [grid, "--out", tmp_path / "out", "--data-dir", tiny_data, "--device", "cpu"]
+    assert sweep(*args, "--filter", "admm_B5_h1_*") == 0
+    lines = capsys.readouterr().out.splitlines()
+    epochs = [x for x in lines if ": epoch " in x]
+    seen = [x.split(": epoch ")[1].split(",")[0] for x in epochs]  # two may end in one look
+    assert (
+        seen and seen == sorted(set(seen)) and all(e in ("1/4", "2/4", "3/4", "4/4") for e in seen)
+    )
+    assert all("valid ppl" in x and "(best " in x for x in epochs)
+    assert "time left unknown" not in epochs[0]  # paced by the epoch before any run finished
+    started = next(i for i, x in enumerate(lines) if "started admm_B5_h1_s1" in x)
+    assert "time left unknown" in lines[started]
+
+
+def test_last_epoch_skips_a_line_being_written(tmp_path):
+    from tprop.sweep_runner import last_epoch
+
+    assert last_epoch(tmp_path) == (0, {})
+    rec = {"event": "epoch", "epoch": 2, "valid/ppl": 9.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rec) + '\n{"event": "ep')
+    assert last_epoch(tmp_path) == (2, rec)
+
+
 def test_time_left_counts_what_is_left_of_the_running_runs():
     from tprop.sweep_runner import time_left
 
-    # one lane, a 65-min mean, a run just started: all 65 min are left (not half of them)
-    assert time_left(3900.0, 0, [0.0], 1) == 3900.0
-    assert time_left(3900.0, 0, [3000.0], 1) == 900.0
-    assert time_left(3900.0, 0, [5000.0], 1) == 0.0  # past the mean: ending now
-    assert time_left(600.0, 3, [100.0, 500.0], 2) == (1800.0 + 500.0 + 100.0) / 2
+    # one lane, a 65-min run just started: all 65 min are left (not half of them)
+    assert time_left(3900.0, 0, [(0.0, 3900.0)], 1) == 3900.0
+    assert time_left(3900.0, 0, [(3000.0, 3900.0)], 1) == 900.0
+    assert time_left(3900.0, 0, [(5000.0, 3900.0)], 1) == 0.0  # past it: ending now
+    assert time_left(600.0, 3, [(100.0, 600.0), (500.0, 600.0)], 2) == (1800 + 500 + 100) / 2
+    # a running run paced at 2 h by its epochs, others waiting at the 10-min mean
+    assert time_left(600.0, 2, [(1800.0, 7200.0)], 1) == 1200.0 + 5400.0

@@ -1,5 +1,8 @@
 """The sweep's scheduler: `--jobs` `tprop train` subprocesses, their states, a progress line.
 
+The progress line is printed when a run starts or ends and when a running run ends an epoch
+(read from its metrics.jsonl); time left is paced by the runs' epochs until runs have finished.
+
 A run ends finished (exit 0), diverged (exit 3: a result, with summary.json), interrupted
 (130/143: checkpointed, resumable) or failed (anything else; its output is in its stdout.log).
 Runs start in their own session, so a terminal's Ctrl-C reaches only the sweep. The first
@@ -12,6 +15,7 @@ checkpoint). On Linux a run also gets SIGTERM when the sweep dies without passin
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shlex
 import signal
@@ -26,6 +30,8 @@ from tprop.sweep import FAILED_EXIT, TIME_LIMIT_EXIT, Job, Manifest
 from tprop.sweep_flags import plural
 
 POLL_S = 0.1
+EPOCH_POLL_S = 5.0
+"""How often the running runs' metrics.jsonl are looked at for a finished epoch."""
 LAUNCH_MARGIN_S = 10.0
 """No run starts this close to --time-limit: it would stop before its first checkpoint."""
 INTERRUPTED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
@@ -37,6 +43,17 @@ class Active:
     proc: subprocess.Popen
     log: IO[str]
     t0: float = field(default_factory=time.time)
+    first_epoch: int = 0  # epochs the run had when this launch began (a resumed run's)
+    epoch: int = 0  # its last finished epoch
+    epochs: int | None = None  # its --epochs, from its config.json
+
+    def expected(self) -> float | None:
+        """This launch's length if its epochs keep their pace (early stopping may end it
+        sooner); None before its first epoch ends."""
+        if not self.epochs or self.epoch <= self.first_epoch:
+            return None
+        per_epoch = (time.time() - self.t0) / (self.epoch - self.first_epoch)
+        return per_epoch * (self.epochs - self.first_epoch)
 
 
 def fmt_duration(s: float) -> str:
@@ -46,10 +63,27 @@ def fmt_duration(s: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def time_left(mean: float, waiting: int, running_for: list[float], jobs: int) -> float:
-    """Seconds until the sweep ends if every run takes `mean`: the waiting runs, plus what is
-    left of each running one (a run past the mean counts as ending now), shared by the lanes."""
-    return (mean * waiting + sum(max(mean - t, 0.0) for t in running_for)) / jobs
+def time_left(mean: float, waiting: int, running: list[tuple[float, float]], jobs: int) -> float:
+    """Seconds until the sweep ends if each waiting run takes `mean` and each running one
+    (elapsed, expected) its expected length (a run past it counts as ending now), shared by
+    the lanes."""
+    return (mean * waiting + sum(max(x - t, 0.0) for t, x in running)) / jobs
+
+
+def last_epoch(folder) -> tuple[int, dict[str, Any]]:
+    """The last epoch record of a run folder's metrics.jsonl: (epoch, record), (0, {}) if none."""
+    try:
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0, {}
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if rec.get("event") == "epoch":
+            return int(rec["epoch"]), rec
+    return 0, {}
 
 
 def last_line(path) -> str:
@@ -120,6 +154,7 @@ class Runner:
     def run(self, limit: tuple[float, float] | None = None) -> int:
         """Run the jobs; `limit` is (deadline on `clock`, its length in seconds)."""
         deadline = limit[0] if limit else math.inf
+        next_look = self.clock() + EPOCH_POLL_S
         self._say(
             f"{plural(self.total, 'run')}, {self.done} already finished, {len(self.todo)} to do, "
             f"{self.n_jobs} at a time"
@@ -143,6 +178,9 @@ class Runner:
                 time.sleep(POLL_S)
                 for name in [n for n, a in self.active.items() if a.proc.poll() is not None]:
                     self._reap(self.active.pop(name))
+                if now >= next_look:
+                    next_look = now + EPOCH_POLL_S
+                    self._look_at_epochs()
         return self._finish()
 
     def _launch(self, job: Job) -> None:
@@ -162,7 +200,8 @@ class Runner:
             start_new_session=True,
             preexec_fn=_die_with_sweep if sys.platform == "linux" else None,
         )
-        self.active[job.run.name] = Active(job, proc, log)
+        first = last_epoch(job.folder)[0] if job.state == "resume" else 0
+        self.active[job.run.name] = Active(job, proc, log, first_epoch=first, epoch=first)
         self.manifest.set(job.run.name, "running")
         verb = {"resume": "resuming", "retry": "retrying"}.get(job.state, "started")
         self._say(f"{verb} {job.run.name}")
@@ -194,15 +233,36 @@ class Runner:
         self.manifest.set(name, state, None if state == "finished" else rc)
         self._say(what)
 
+    def _look_at_epochs(self) -> None:
+        """A line for each running run that has ended an epoch since the last look."""
+        for name, a in self.active.items():
+            try:
+                if (a.job.folder / "metrics.jsonl").stat().st_mtime < a.t0:
+                    continue  # a failed attempt's file, not yet replaced by the retry
+            except OSError:
+                continue
+            epoch, rec = last_epoch(a.job.folder)
+            if epoch <= a.epoch:
+                continue
+            a.epoch = epoch
+            if a.epochs is None:
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    a.epochs = int(json.loads((a.job.folder / "config.json").read_text())["epochs"])
+            ppl = rec.get("valid/ppl")
+            best = rec.get("valid/best_ppl")
+            score = "" if ppl is None else f", valid ppl {ppl:.2f}"
+            score += "" if best is None else f" (best {best:.2f})"
+            self._say(f"{name}: epoch {epoch}/{a.epochs or '?'}{score}")
+
     def _eta(self) -> str:
-        if not self.durations:
-            return "time left unknown"
-        mean = sum(self.durations) / len(self.durations)
         now = time.time()
-        left = time_left(
-            mean, len(self.todo), [now - a.t0 for a in self.active.values()], self.n_jobs
-        )
-        return f"~{fmt_duration(left)} left"
+        paced = [x for a in self.active.values() if (x := a.expected()) is not None]
+        runs = self.durations or paced  # finished runs' lengths, else the running runs' pace
+        if not runs:
+            return "time left unknown"
+        mean = sum(runs) / len(runs)
+        running = [(now - a.t0, a.expected() or mean) for a in self.active.values()]
+        return f"~{fmt_duration(time_left(mean, len(self.todo), running, self.n_jobs))} left"
 
     def _say(self, what: str) -> None:
         print(
