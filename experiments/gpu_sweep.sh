@@ -7,14 +7,16 @@
 #
 # Issue 9's GPU jobs, each one call (what the CPU runs in docs/results lack):
 #   bash experiments/gpu_sweep.sh figure3 --filter hidden=400 --filter h_steps=5   # 6 runs (θ-lr 0.1, 0.01)
-#   bash experiments/gpu_sweep.sh table1-batch-ptb --filter '*[BK]20_*'            # the B = 20 row, 12 runs
+#   bash experiments/gpu_sweep.sh table1-batch-ptb --filter '*[BK]20_*'            # the B = 20 column, 12 runs
 #   bash experiments/gpu_sweep.sh table1-batch-ptb                                 # 36 runs
 #   bash experiments/gpu_sweep.sh figure3 --filter hidden=200,400                  # 27 runs
 #
-# Environment: DATA (folder holding ptb/; default: tprop's own), LIMIT (default 8m, the sweep's
-# --time-limit), JOBS (default: every selected run at once), DEVICE (default cuda), OUT (default
-# runs/gpu-GRID: machine.txt, sweep.log and GRID-runs.tgz), RUNS (default runs/GRID-gpu, the
-# sweep folder; rerunning the script on a warm machine resumes it from the checkpoints).
+# The script sets the sweep's --jobs, --device, --time-limit and --out from the environment (so
+# they are refused among the flags): JOBS (default: every selected run at once), DEVICE (default
+# cuda), LIMIT (default 8m), RUNS (default runs/GRID-gpu, the sweep folder; rerunning the script
+# on a warm machine resumes it from the checkpoints). Also DATA (folder holding ptb/; default:
+# tprop's own) and OUT (default runs/gpu-GRID: machine.txt and sweep.log, appended to by each
+# call, and GRID-runs.tgz).
 # A lent machine returns at most 8 files of 16 MiB, so the archive leaves checkpoints out:
 #
 #   here:     mkdir -p .devdata && cp -r DATA/ptb .devdata/      (.devdata/ is git-ignored)
@@ -34,6 +36,13 @@ if [[ $# -lt 1 || $1 == -* ]]; then
 fi
 GRID=$1
 shift
+for flag in "$@"; do
+  case $flag in
+    --jobs|--jobs=*|--device|--device=*|--time-limit|--time-limit=*|--out|--out=*)
+      echo "gpu_sweep.sh: ${flag%%=*} is the script's to set; use JOBS, DEVICE, LIMIT or RUNS in the environment" >&2
+      exit 2 ;;
+  esac
+done
 name=$(basename "$GRID" .toml)
 OUT=${OUT:-runs/gpu-$name}
 RUNS=${RUNS:-runs/$name-gpu}
@@ -46,15 +55,16 @@ if [[ -z ${JOBS:-} ]]; then  # every selected run at once: count them with a dry
   JOBS=$(( JOBS > 0 ? JOBS : 1 ))
 fi
 mkdir -p "$OUT" "$(dirname "$RUNS")"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+{ date -u +"call at %Y-%m-%d %H:%M:%S UTC"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
   git rev-parse HEAD 2>/dev/null || echo "commit: ${TPROP_GIT_COMMIT:-unknown}"
   echo "tprop sweep $GRID $(printf '%q ' "$@")--jobs $JOBS --device $DEVICE --time-limit $LIMIT"
-} > "$OUT/machine.txt"
+} >> "$OUT/machine.txt"
 start=$(date +%s)
 # shellcheck disable=SC2086
 tprop sweep "$GRID" "$@" --jobs "$JOBS" --device "$DEVICE" $DATA_FLAG --time-limit "$LIMIT" \
-  --out "$RUNS" > "$OUT/sweep.log" 2>&1 || echo "tprop sweep exited $?" >> "$OUT/sweep.log"
+  --out "$RUNS" >> "$OUT/sweep.log" 2>&1 || echo "tprop sweep exited $?" >> "$OUT/sweep.log"
 echo "wall time $(( $(date +%s) - start )) s" >> "$OUT/sweep.log"
-tar czf "$OUT/$name-runs.tgz" --exclude checkpoint.pt -C "$(dirname "$RUNS")" "$(basename "$RUNS")"
+tar czf "$OUT/$name-runs.tgz" --exclude 'checkpoint.pt*' -C "$(dirname "$RUNS")" "$(basename "$RUNS")"
 tail -n 5 "$OUT/sweep.log"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tprop import paper
+from tprop import paper, plot
 from tprop.cli import main
 from tprop.report_tables import build_tables, point_labels
 from tprop.runs import load_runs
@@ -153,7 +153,7 @@ def test_figure3_takes_the_better_theta_lr_and_says_it_is_table3s(tmp_path, caps
     assert "lr = 0.05 (protocol 0.1)." in capsys.readouterr().out  # not a point of the grid
 
 
-def test_figure_labels_a_point_whose_setting_departs_where_the_others_do_not(tmp_path):
+def test_figure_labels_a_point_whose_setting_departs_where_the_others_do_not(tmp_path, monkeypatch):
     bptt = {**BPTT, "bptt": 10, "epochs": 2}
     fake_run(tmp_path, "bptt_hid50_K10_s1111", {**bptt, "hidden": 50}, [150.0], tp=False)
     fake_run(tmp_path, "bptt_hid400_K10_s1111", {**bptt, "hidden": 400}, [190.0], tp=False)
@@ -162,6 +162,10 @@ def test_figure_labels_a_point_whose_setting_departs_where_the_others_do_not(tmp
     # hidden is what the figure varies and epochs = 2 is every point's: neither labels a point
     assert point_labels(fig3) == {("BPTT (K = 10)", "hidden = 400"): "lr=0.01"}
     assert any("epochs = 2" in n for n in fig3.notes)
+    drawn = []  # and the figure writes it beside that point
+    monkeypatch.setattr(plot, "save", lambda fig, path: drawn.extend(fig.axes[0].texts))
+    assert plot.figure3_figure([fig3], tmp_path / "f.png")
+    assert [(t.get_text(), t.xy[1]) for t in drawn] == [("lr=0.01", 126.0)]
     fake_run(tmp_path, "y_s1111", {**bptt, "hidden": 50, "lr": 0.01}, [140.0], tp=False)
     [fig3] = [t for t in build_tables(load_runs(tmp_path)[0]) if t.key == "figure3"]
     assert point_labels(fig3) == {}  # lr = 0.01 at every point now: the note says it

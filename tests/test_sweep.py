@@ -194,12 +194,15 @@ def test_filter_on_a_tp_setting_says_it_keeps_bptt_runs_by_default(tmp_path, cap
     assert "--filter '*[BK]20_*'" in cap.err
     assert sweep("table1-batch-ptb", "--out", out, "--dry-run", "--filter", "*[BK]20_*") == 0
     cap = capsys.readouterr()
-    assert started(cap.out) == 3 * 4  # the B = 20 row
+    assert started(cap.out) == 3 * 4  # the B = 20 column
     assert cap.err == ""
     for narrowed in (["block_size=10"], ["block_size=20", "method=admm"], ["hidden=100"]):
         args = [a for f in narrowed for a in ("--filter", f)]
         assert sweep("table1-batch-ptb", "--out", out, "--dry-run", *args) == 0
         assert "note:" not in capsys.readouterr().err, narrowed
+    assert sweep("figure3", "--out", out, "--dry-run", "--filter", "block_size=20") == 0
+    err = capsys.readouterr().err  # B = 10 in figure3: only BPTT runs are left, no name hint
+    assert "--filter block_size=20 keeps only 15 BPTT runs" in err and "*[BK]" not in err
 
 
 @pytest.mark.parametrize(
@@ -318,6 +321,9 @@ def test_gpu_sweep_script_runs_every_run_at_once_and_packs_them(tmp_path, tiny_d
     assert again.returncode == 0 and "2 already finished, 0 to do" in again.stdout
     usage = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and usage.stderr.startswith("usage: bash experiments/gpu_sweep")
+    mine = subprocess.run([*args, "--jobs=3"], env=env, capture_output=True, text=True)
+    assert mine.returncode == 2 and "--jobs is the script's to set; use JOBS" in mine.stderr
+    assert (out / "machine.txt").read_text().count("call at ") == 2  # each call appends
 
 
 def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_exactly(tmp_path, tiny_data):
@@ -511,10 +517,56 @@ def test_last_epoch_skips_a_line_being_written(tmp_path):
 def test_time_left_counts_what_is_left_of_the_running_runs():
     from tprop.sweep_runner import time_left
 
-    # one lane, a 65-min run just started: all 65 min are left (not half of them)
-    assert time_left(3900.0, 0, [(0.0, 3900.0)], 1) == 3900.0
-    assert time_left(3900.0, 0, [(3000.0, 3900.0)], 1) == 900.0
-    assert time_left(3900.0, 0, [(5000.0, 3900.0)], 1) == 0.0  # past it: ending now
-    assert time_left(600.0, 3, [(100.0, 600.0), (500.0, 600.0)], 2) == (1800 + 500 + 100) / 2
-    # a running run paced at 2 h by its epochs, others waiting at the 10-min mean
-    assert time_left(600.0, 2, [(1800.0, 7200.0)], 1) == 1200.0 + 5400.0
+    # one lane, a run with 65 min to go: all 65 min are left (not half of them)
+    assert time_left(3900.0, 0, [3900.0], 1) == 3900.0
+    assert time_left(3900.0, 0, [0.0], 1) == 0.0  # past its pace: ending now
+    assert time_left(600.0, 3, [500.0, 100.0], 2) == (1800 + 500 + 100) / 2
+    assert time_left(600.0, 2, [5400.0], 1) == 1200.0 + 5400.0
+    # 27 lanes, one run left with an hour to go: an hour, not an hour over 27
+    assert time_left(600.0, 0, [3600.0], 27) == 3600.0
+    assert time_left(600.0, 1, [3600.0, 60.0], 27) == 3600.0
+    assert time_left(600.0, 0, [], 2) == 0.0
+
+
+def test_a_resumed_runs_pace_counts_from_the_first_epoch_it_ends(tmp_path, capsys, monkeypatch):
+    """It resumed inside an epoch whose start it did not time: epochs ended before say nothing,
+    the first one it ends starts the pace, the second gives it."""
+    from tprop import sweep_runner
+    from tprop.sweep import Job
+
+    clock = [1000.0]
+    monkeypatch.setattr(sweep_runner.time, "monotonic", lambda: clock[0])
+    runner = Runner("g", [], None, 1, {})
+    a = sweep_runner.Active(Job(None, tmp_path, "resume", []), None, None)
+    runner.active = {"r": a}
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 10}))
+    metrics = tmp_path / "metrics.jsonl"
+
+    def end_epochs(*ks: int) -> None:
+        recs = [{"event": "epoch", "epoch": k, "valid/ppl": 200.0 - k} for k in ks]
+        with metrics.open("a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in recs))
+
+    end_epochs(1, 2, 3, 4)  # before the checkpoint it resumed from
+    runner._look_at_epochs()
+    assert a.epoch == 4 and capsys.readouterr().out == ""
+    clock[0] += 700.0  # the rest of epoch 5, timed from the resume: not a pace
+    end_epochs(5)
+    runner._look_at_epochs()
+    assert "r: epoch 5/10, valid ppl 195.00" in capsys.readouterr().out
+    assert a.epoch_s() is None and a.left(clock[0]) is None
+    clock[0] += 300.0  # epoch 6: 300 s
+    end_epochs(6)
+    runner._look_at_epochs()
+    assert "~20m00s left | r: epoch 6/10" in capsys.readouterr().out  # 4 epochs at 300 s
+    assert a.epoch_s() == 300.0 and a.left(clock[0] + 100.0) == 1100.0
+
+
+def test_epoch_line_reads_a_diverged_epoch():
+    from tprop.sweep_runner import epoch_line
+
+    rec = {"epoch": 2, "valid/ppl": 150.214, "valid/best_ppl": 148.9}
+    assert epoch_line("r", 2, 10, rec) == "r: epoch 2/10, valid ppl 150.21 (best 148.90)"
+    rec = {"epoch": 1, "valid/ppl": "inf", "valid/best_ppl": "inf"}  # as metrics.jsonl has it
+    assert epoch_line("r", 1, None, rec) == "r: epoch 1/?, valid ppl inf (best inf)"
+    assert epoch_line("r", 1, 3, {}) == "r: epoch 1/3"

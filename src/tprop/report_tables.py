@@ -287,7 +287,9 @@ def point_labels(table: Table) -> dict[tuple[str, str], str]:
     }
     common = set.intersection(*own.values()) if own else set()
     return {
-        key: ", ".join(f"{k}={'/'.join(v)}" for k, v in sorted(d - common))
+        key: ", ".join(
+            f"{k}={'/'.join(str(json.loads(x)) for x in v)}" for k, v in sorted(d - common)
+        )
         for key, d in own.items()
         if d - common
     }

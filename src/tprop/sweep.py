@@ -274,7 +274,9 @@ def run(ns: argparse.Namespace) -> int:
     limit = parse_duration(ns.time_limit)
     every = grid.runs(parse_seeds(ns.seeds, grid.seeds))
     extra = parse_set(ns.set, every)
-    runs = select(every, ns.filter)
+    runs, notes = select(every, ns.filter)
+    for note in notes:
+        print(note, file=sys.stderr)
     grids.check_values(
         grid, runs, {**extra, "device": ns.device or "auto"}
     )  # kept runs only: 37 ms each

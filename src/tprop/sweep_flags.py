@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import sys
 from typing import Any
 
 from tprop import grids
@@ -102,15 +101,20 @@ def parse_setting(item: str) -> tuple[str, Any]:
     return key, parse_literal(value.strip())
 
 
+def _filter_key(cond: str) -> str | None:
+    """The setting a ``KEY=V[,V…]`` filter names; None for a name pattern."""
+    key, sep, _ = cond.partition("=")
+    return key.strip().replace("-", "_") if sep else None
+
+
 def _matches(run: Run, cond: str, defaults: dict[str, Any]) -> bool:
-    key, sep, values = cond.partition("=")
-    if not sep:
+    key = _filter_key(cond)
+    if key is None:
         return fnmatch.fnmatchcase(run.name, cond)
-    key = key.strip().replace("-", "_")
     if key not in defaults:
         raise GridError(f"--filter {cond!r}: '{key}' is not a `tprop train` setting")
     have = run.values.get(key, defaults[key])
-    wanted = [parse_literal(v.strip()) for v in values.split(",")]
+    wanted = [parse_literal(v.strip()) for v in cond.partition("=")[2].split(",")]
     return any(_same(have, w) for w in wanted)
 
 
@@ -120,39 +124,50 @@ def _same(have: Any, want: Any) -> bool:
     return have == want  # 1 == 1.0
 
 
-def select(runs: list[Run], filters: list[str]) -> list[Run]:
+def select(runs: list[Run], filters: list[str]) -> tuple[list[Run], list[str]]:
+    """The runs every filter keeps, and notes on what the filters did (`defaulted_notes`)."""
     defaults = {**Config().to_dict(), "seed": None}
     kept = [r for r in runs if all(_matches(r, f, defaults) for f in filters)]
     if not kept:
         raise GridError(
             f"--filter {' '.join(filters)} keeps none of the {plural(len(runs), 'run')}"
         )
-    _note_defaulted(kept, filters, defaults)
-    return kept
+    return kept, defaulted_notes(runs, kept, filters, defaults)
 
 
-def _note_defaulted(kept: list[Run], filters: list[str], defaults: dict[str, Any]) -> None:
-    """A KEY=V filter on a setting BPTT does not use keeps BPTT runs by its default value:
-    say so in one line, since it reads like a filter that drops them."""
-    tp = grids.tp_only()
+def defaulted_notes(
+    runs: list[Run], kept: list[Run], filters: list[str], defaults: dict[str, Any]
+) -> list[str]:
+    """A KEY=V filter on a setting BPTT does not use keeps BPTT runs by its default value, which
+    reads like a filter that drops them: one line a filter that does (none if a method filter
+    already chose the methods), with a name pattern to use instead when the grid has one."""
+    if any(_filter_key(f) == "method" for f in filters):
+        return []
+    method = defaults["method"]
+    bptt = [r for r in kept if r.values.get("method", method) == "bptt"]
+    notes = []
     for cond in filters:
-        key = cond.partition("=")[0].strip().replace("-", "_")
-        if "=" not in cond or key not in tp:
+        key = _filter_key(cond)
+        if key not in grids.tp_only():
             continue
-        bptt = [r for r in kept if r.values.get("method") == "bptt" and key not in r.values]
-        if bptt:
-            hint = (
-                f", or select by name, e.g. --filter '*[BK]{defaults[key]}_*' for one "
-                "Table 1 column"
-                if key == "block_size"
-                else ""
-            )
-            print(
-                f"note: --filter {cond} also keeps {plural(len(bptt), 'BPTT run')}: {key} does "
-                f"not apply to BPTT and its default is {defaults[key]}; add --filter "
-                f"method=… to drop them{hint}",
-                file=sys.stderr,
-            )
+        via_default = [r for r in bptt if key not in r.values]
+        if not via_default:
+            continue
+        how = "keeps only" if len(via_default) == len(kept) else "also keeps"
+        pattern = f"*[BK]{defaults[key]}_*"  # Table 1: admm_B20_…, bptt_K20_…
+        hint = (
+            f", or select by name: --filter '{pattern}'"
+            if key == "block_size"
+            and cond.partition("=")[2].strip() == str(defaults[key])  # one column only
+            and any(fnmatch.fnmatchcase(r.name, pattern) for r in runs)
+            else ""
+        )
+        notes.append(
+            f"note: --filter {cond} {how} {plural(len(via_default), 'BPTT run')}: {key} does not "
+            f"apply to BPTT and its default is {defaults[key]}; add --filter method=… to choose "
+            f"the methods{hint}"
+        )
+    return notes
 
 
 # ---------------------------------------------------------------------------- plan

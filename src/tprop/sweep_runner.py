@@ -26,12 +26,16 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from tprop.runs import read_epochs, to_float
 from tprop.sweep import FAILED_EXIT, TIME_LIMIT_EXIT, Job, Manifest
 from tprop.sweep_flags import plural
 
 POLL_S = 0.1
 EPOCH_POLL_S = 5.0
 """How often the running runs' metrics.jsonl are looked at for a finished epoch."""
+MTIME_SLACK_S = 1.0
+"""File times come from a coarser clock than `time.time`: a file written just after a launch
+may carry a time a few ms before it."""
 LAUNCH_MARGIN_S = 10.0
 """No run starts this close to --time-limit: it would stop before its first checkpoint."""
 INTERRUPTED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
@@ -39,21 +43,38 @@ INTERRUPTED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
 
 @dataclass
 class Active:
+    """A running run, and the pace of its epochs in this launch (monotonic seconds). A new
+    run's pace counts from its start; a resumed run's from the first epoch it ends here, since
+    it resumed inside an epoch whose start it did not time."""
+
     job: Job
     proc: subprocess.Popen
     log: IO[str]
-    t0: float = field(default_factory=time.time)
-    first_epoch: int = 0  # epochs the run had when this launch began (a resumed run's)
-    epoch: int = 0  # its last finished epoch
+    t0: float = field(default_factory=time.monotonic)
+    wall0: float = field(default_factory=time.time)  # against its files' mtimes
+    epoch: int | None = 0  # its last finished epoch (None: a resumed run not looked at yet)
     epochs: int | None = None  # its --epochs, from its config.json
+    pace: tuple[int, float] | None = None  # (epoch, time) the pace counts from
+    seen: float = 0.0  # when its last epoch was seen to end
 
-    def expected(self) -> float | None:
-        """This launch's length if its epochs keep their pace (early stopping may end it
-        sooner); None before its first epoch ends."""
-        if not self.epochs or self.epoch <= self.first_epoch:
+    def __post_init__(self) -> None:
+        if self.job.state == "resume":
+            self.epoch = None
+        else:
+            self.pace = (0, self.t0)
+
+    def epoch_s(self) -> float | None:
+        """Seconds an epoch at this launch's pace; None before two epoch ends are timed."""
+        if self.pace is None or self.epoch is None or self.epoch <= self.pace[0]:
             return None
-        per_epoch = (time.time() - self.t0) / (self.epoch - self.first_epoch)
-        return per_epoch * (self.epochs - self.first_epoch)
+        return (self.seen - self.pace[1]) / (self.epoch - self.pace[0])
+
+    def left(self, now: float) -> float | None:
+        """Seconds to its last epoch at that pace (early stopping may end it sooner)."""
+        per = self.epoch_s()
+        if per is None or not self.epochs or self.epoch is None:
+            return None
+        return max(per * (self.epochs - self.epoch) - (now - self.seen), 0.0)
 
 
 def fmt_duration(s: float) -> str:
@@ -63,27 +84,26 @@ def fmt_duration(s: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def time_left(mean: float, waiting: int, running: list[tuple[float, float]], jobs: int) -> float:
-    """Seconds until the sweep ends if each waiting run takes `mean` and each running one
-    (elapsed, expected) its expected length (a run past it counts as ending now), shared by
-    the lanes."""
-    return (mean * waiting + sum(max(x - t, 0.0) for t, x in running)) / jobs
+def time_left(mean: float, waiting: int, running: list[float], jobs: int) -> float:
+    """Seconds until the sweep ends if each waiting run takes `mean` and each running one the
+    seconds `running` gives it: the work shared by the lanes it keeps busy, and never less than
+    the longest running run's rest."""
+    lanes = max(min(jobs, waiting + len(running)), 1)
+    return max((mean * waiting + sum(running)) / lanes, max(running, default=0.0))
 
 
 def last_epoch(folder) -> tuple[int, dict[str, Any]]:
     """The last epoch record of a run folder's metrics.jsonl: (epoch, record), (0, {}) if none."""
-    try:
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return 0, {}
-    for line in reversed(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line being written
-            continue
-        if rec.get("event") == "epoch":
-            return int(rec["epoch"]), rec
-    return 0, {}
+    epochs = read_epochs(folder / "metrics.jsonl")
+    return (int(epochs[-1]["epoch"]), epochs[-1]) if epochs else (0, {})
+
+
+def epoch_line(name: str, epoch: int, epochs: int | None, rec: dict[str, Any]) -> str:
+    """``NAME: epoch 3/10, valid ppl 150.21 (best 148.90)``; a diverged epoch's "inf" too."""
+    ppl, best = to_float(rec.get("valid/ppl")), to_float(rec.get("valid/best_ppl"))
+    score = "" if ppl is None else f", valid ppl {ppl:.2f}"
+    score += "" if best is None else f" (best {best:.2f})"
+    return f"{name}: epoch {epoch}/{epochs or '?'}{score}"
 
 
 def last_line(path) -> str:
@@ -200,8 +220,7 @@ class Runner:
             start_new_session=True,
             preexec_fn=_die_with_sweep if sys.platform == "linux" else None,
         )
-        first = last_epoch(job.folder)[0] if job.state == "resume" else 0
-        self.active[job.run.name] = Active(job, proc, log, first_epoch=first, epoch=first)
+        self.active[job.run.name] = Active(job, proc, log)
         self.manifest.set(job.run.name, "running")
         verb = {"resume": "resuming", "retry": "retrying"}.get(job.state, "started")
         self._say(f"{verb} {job.run.name}")
@@ -214,8 +233,8 @@ class Runner:
             state = "finished" if rc == 0 else "diverged"
             self.done += 1
             if a.job.state != "resume":  # a resumed run's time is part of a run's
-                self.durations.append(time.time() - a.t0)
-            what = f"{state} {name} ({fmt_duration(time.time() - a.t0)})"
+                self.durations.append(time.monotonic() - a.t0)
+            what = f"{state} {name} ({fmt_duration(time.monotonic() - a.t0)})"
         elif rc in INTERRUPTED or (self.stop is not None and rc == -signal.SIGKILL):  # `_stop`
             state = "interrupted"
             saved = (a.job.folder / "checkpoint.pt").is_file()
@@ -237,31 +256,35 @@ class Runner:
         """A line for each running run that has ended an epoch since the last look."""
         for name, a in self.active.items():
             try:
-                if (a.job.folder / "metrics.jsonl").stat().st_mtime < a.t0:
-                    continue  # a failed attempt's file, not yet replaced by the retry
-            except OSError:
+                if (a.job.folder / "metrics.jsonl").stat().st_mtime < a.wall0 - MTIME_SLACK_S:
+                    continue  # not written by this launch yet: a failed attempt's, or the
+            except OSError:  # resumed run's before it cut what came after its checkpoint
                 continue
             epoch, rec = last_epoch(a.job.folder)
+            if a.epoch is None:  # a resumed run: its epochs so far were ended before
+                a.epoch = epoch
+                continue
             if epoch <= a.epoch:
                 continue
-            a.epoch = epoch
+            a.epoch, a.seen = epoch, time.monotonic()
+            a.pace = a.pace or (epoch, a.seen)
             if a.epochs is None:
-                with contextlib.suppress(OSError, ValueError, KeyError):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                     a.epochs = int(json.loads((a.job.folder / "config.json").read_text())["epochs"])
-            ppl = rec.get("valid/ppl")
-            best = rec.get("valid/best_ppl")
-            score = "" if ppl is None else f", valid ppl {ppl:.2f}"
-            score += "" if best is None else f" (best {best:.2f})"
-            self._say(f"{name}: epoch {epoch}/{a.epochs or '?'}{score}")
+            self._say(epoch_line(name, epoch, a.epochs, rec))
 
     def _eta(self) -> str:
-        now = time.time()
-        paced = [x for a in self.active.values() if (x := a.expected()) is not None]
-        runs = self.durations or paced  # finished runs' lengths, else the running runs' pace
+        """Finished runs' mean length, else a whole run at the running runs' epoch pace."""
+        now = time.monotonic()
+        paced = [per * a.epochs for a in self.active.values() if (per := a.epoch_s()) and a.epochs]
+        runs = self.durations or paced
         if not runs:
             return "time left unknown"
         mean = sum(runs) / len(runs)
-        running = [(now - a.t0, a.expected() or mean) for a in self.active.values()]
+        running = [
+            rest if (rest := a.left(now)) is not None else max(mean - (now - a.t0), 0.0)
+            for a in self.active.values()
+        ]
         return f"~{fmt_duration(time_left(mean, len(self.todo), running, self.n_jobs))} left"
 
     def _say(self, what: str) -> None:
