@@ -97,7 +97,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-# ---------------------------------------------------------------------------- options
+# ---------------------------------------------------------------------------- plan
 
 
 @dataclass

@@ -168,6 +168,3 @@ def defaulted_notes(
             f"the methods{hint}"
         )
     return notes
-
-
-# ---------------------------------------------------------------------------- plan
