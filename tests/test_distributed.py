@@ -87,7 +87,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         results = {name: run_case(name, comm) for name in CASES}
     finally:
         comm.close()
+    results["threads after close"] = thread_names()
     torch.save(results, Path(out) / f"rank{rank}.pt")
+
+
+def thread_names() -> list[str]:
+    """This process's threads, native ones included (Linux: /proc)."""
+    tasks = Path("/proc/self/task")
+    return [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
 
 
 def free_port() -> int:
@@ -136,6 +143,16 @@ def test_ranks_end_with_the_single_process_theta_z_and_u(name, single, ranks):
             mine = got["mine"][: full.shape[0]]
             assert close(full[mine], ref["state"][k][mine]), f"rank {r}: its rows of {k}"
     assert world in (2, 4)
+
+
+def test_closing_frees_the_gloo_threads_before_the_interpreter_exits(ranks):
+    """Gloo threads alive at exit can free a tensor after Python has begun to shut down,
+    which aborts the process (SIGABRT) when the machine is busy; Comm.close must end them."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("thread names come from /proc (Linux)")
+    for r, res in enumerate(ranks[1]):
+        gloo = [t for t in res["threads after close"] if "gloo" in t]
+        assert not gloo, f"rank {r}: gloo threads outlive Comm.close: {gloo}"
 
 
 def test_the_wire_carries_parameters_border_states_and_metrics_only(ranks):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import importlib
 import json
 import os
 import pickle
@@ -106,6 +107,11 @@ class Comm:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", world))  # them crawl
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         if not dist.is_initialized():
+            # The first optimiser imports torch._dynamo; imported after the group exists, it
+            # keeps references to it, so destroy_process_group cannot free the gloo backend
+            # and its worker threads, which then race the interpreter's shutdown (SIGABRT at
+            # exit under CPU load: "terminate called without an active exception").
+            importlib.import_module("torch._dynamo")
             from torch.distributed.rendezvous import rendezvous
 
             timeout = datetime.timedelta(seconds=timeout_s)
