@@ -449,3 +449,16 @@ def test_resolve_is_idempotent():
     ):
         once = resolve(build(values))
         assert resolve(build(once.to_dict())) == once
+
+
+def test_resume_with_more_epochs_continues_into_the_longer_run(finished_run, tiny_data, tmp_path):
+    """`--epochs` is not a resume key: a finished 1-epoch run resumed with `--epochs 2` ends
+    as the 2-epoch run (docs/design.md), and config.json records the new budget."""
+    longer = tmp_path / "two"
+    data = ["--data-dir", str(tiny_data)]
+    assert main(["train", *TINY, "--epochs", "2", *data, "--out", str(longer)]) == 0
+    assert main(["train", "--out", str(finished_run), "--resume", "--epochs", "2", *data]) == 0
+    got, want = (json.loads((p / "summary.json").read_text()) for p in (finished_run, longer))
+    assert got["epochs"] == 2
+    assert got["valid_ppl_history"] == want["valid_ppl_history"]
+    assert json.loads((finished_run / "config.json").read_text())["epochs"] == 2
